@@ -1,0 +1,1 @@
+"""HTTP API: ASGI app factory, routes, wire schemas and middleware."""

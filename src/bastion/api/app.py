@@ -1,0 +1,45 @@
+"""ASGI app factory. Long-lived objects are built in the lifespan and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from bastion.api.errors import install_handlers
+from bastion.api.middleware.body_limit import BodyLimitMiddleware
+from bastion.api.middleware.request_id import RequestIdMiddleware
+from bastion.api.routes import openai, ops
+from bastion.catalog import builtin_model
+from bastion.engine import Engine
+from bastion.engine.llamacpp import LlamaCppEngine
+from bastion.router import ModelRegistry
+from bastion.settings import Settings
+from bastion.store.package import LocalModel
+
+
+def create_app(settings: Settings, home: Path) -> FastAPI:
+    def build_engine(model: LocalModel) -> Engine:
+        return LlamaCppEngine(model.name, model.weights, model.sha256, settings.engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(home, settings.server.default_model, build_engine)
+        registry.add(builtin_model(settings.server.default_model))
+        app.state.registry = registry
+        try:
+            yield
+        finally:
+            await registry.close()
+
+    app = FastAPI(title="bastion", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(openai.router)
+    # Added last = outermost: the request id exists before anything else runs.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

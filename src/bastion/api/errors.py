@@ -1,0 +1,102 @@
+"""Map exceptions to OpenAI error envelopes, by class, in one place."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import Send
+
+from bastion.errors import (
+    BastionError,
+    InvalidParameterError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: BastionError) -> JSONResponse:
+    return JSONResponse(error.envelope(), status_code=error.status)
+
+
+async def send_error(send: Send, error: BastionError) -> None:
+    """Send an error from raw ASGI middleware (before any route ran)."""
+    body = json.dumps(error.envelope()).encode()
+    await send({
+        "type": "http.response.start",
+        "status": error.status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+def param_path(loc: tuple[int | str, ...]) -> str:
+    """``("messages", 0, "content")`` -> ``messages[0].content``; union tags dropped."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("body",) or "[" in part or part in ("str", "list", "int", "float", "bool"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError) -> BastionError:
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("The request body is invalid.")
+    first = errors[0]
+    if first.get("type") in ("json_invalid", "json_type"):
+        return InvalidRequestError("The request body is not valid JSON.")
+    param = param_path(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if param:
+        return InvalidParameterError(f"Invalid value for '{param}': {message}", param=param)
+    return InvalidRequestError(f"The request body is invalid: {message}")
+
+
+async def _bastion_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BastionError)  # noqa: S101 - registered for this class only
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError | ValidationError)  # noqa: S101
+    return error_response(from_validation_error(exc))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)  # noqa: S101
+    error: BastionError
+    if exc.status_code == 404:
+        error = RouteNotFoundError("Not found.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowedError("Method not allowed.")
+    else:
+        error = InvalidRequestError("The request is invalid.")
+    return error_response(error)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(BastionError("The server had an internal error."))
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BastionError, _bastion_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

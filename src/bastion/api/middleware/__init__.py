@@ -1,0 +1,1 @@
+"""Pure ASGI middleware (streaming-safe; no BaseHTTPMiddleware)."""

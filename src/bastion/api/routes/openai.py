@@ -1,0 +1,80 @@
+"""OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse, Response
+
+from bastion.api import serving
+from bastion.api.errors import from_validation_error
+from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
+from bastion.errors import InvalidRequestError, MalformedJSONError, ModelNotFoundError
+from bastion.router import ModelRegistry
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse JSON (NaN literals allowed, so they can be refused by name) and validate."""
+    raw = await request.body()
+    try:
+        data: Any = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MalformedJSONError("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    if parsed.model_extra:
+        log.info("ignoring unsupported fields: %s", ", ".join(sorted(parsed.model_extra)))
+    return parsed
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    engine = _registry(request).resolve(body.model)
+    return await serving.complete_chat(engine, body, request.receive)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    engine = _registry(request).resolve(body.model)
+    return await serving.complete_text(engine, body, request.receive)
+
+
+def _model_card(name: str, created: int, digest: str, context_length: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "bastion",
+            "digest": f"sha256:{digest}", "context_length": context_length}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    cards = [_model_card(e.info.name, e.info.created, e.info.digest, e.info.context_length)
+             for e in _registry(request).served()]
+    return JSONResponse({"object": "list", "data": cards})
+
+
+@router.get("/v1/models/{name}")
+async def get_model(request: Request, name: str) -> JSONResponse:
+    for engine in _registry(request).served():
+        info = engine.info
+        if info.name == name:
+            return JSONResponse(_model_card(info.name, info.created, info.digest,
+                                            info.context_length))
+    raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")

@@ -1,0 +1,56 @@
+"""Run the app under uvicorn on pre-bound sockets, with a graceful SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from bastion.api.app import create_app
+from bastion.errors import ConfigError
+from bastion.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(settings: Settings, home: Path) -> None:
+    """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish."""
+    server_settings = settings.server
+    sockets = [bind(host, server_settings.port) for host in server_settings.host]
+    config = uvicorn.Config(
+        create_app(settings, home),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(server_settings.drain_timeout),
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("bastion listening on http://%s:%d/v1", shown, port)
+    try:
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    finally:
+        for sock in sockets:
+            sock.close()

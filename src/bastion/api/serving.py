@@ -1,0 +1,226 @@
+"""Service logic for chat and text completions: run the engine, shape OpenAI responses.
+
+Routes stay thin: they parse the body and call ``complete_chat`` or ``complete_text``. Errors
+raised before the first chunk become normal error responses (right status code); errors after
+streaming began become an SSE ``error`` event followed by ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive
+
+from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
+from bastion.engine import Chunk, Engine, TokenLogprob
+from bastion.errors import BastionError, EngineError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientDisconnectedError(BastionError):
+    """The client went away before the response was ready (nobody reads this response)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def race_disconnect(awaitable: Awaitable[T], receive: Receive) -> T:
+    """Await ``awaitable`` unless the client disconnects first (then cancel it)."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+    if work.cancelled() or not work.done():
+        raise ClientDisconnectedError("The client closed the connection.")
+    return work.result()
+
+
+@dataclass(frozen=True)
+class _Meta:
+    id: str
+    created: int
+    model: str
+    fingerprint: str
+
+    @classmethod
+    def new(cls, prefix: str, engine: Engine) -> _Meta:
+        info = engine.info
+        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name,
+                   f"sha256:{info.digest}")
+
+    def head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": self.fingerprint}
+
+
+def _usage(last: Chunk) -> dict[str, int]:
+    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens}
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _sse_error(error: BastionError) -> bytes:
+    return b"event: error\ndata: " + json.dumps(error.envelope()).encode() + b"\n\n"
+
+
+# ---- logprobs in the two OpenAI shapes ---------------------------------------------------
+
+def _chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+         "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": list(a.bytes)}
+                          for a in t.top]}
+        for t in items], "refusal": None}
+
+
+def _text_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    for t in items:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in items],
+            "token_logprobs": [t.logprob for t in items],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in items],
+            "text_offset": offsets}
+
+
+# ---- the shared run: first chunk, then stream or collect ----------------------------------
+
+Shape = Callable[[Chunk, bool], dict[str, Any]]
+"""Builds one streamed event from a chunk (second argument: first chunk of the stream)."""
+
+
+async def _run(chunks: AsyncIterator[Chunk], receive: Receive, *,
+               stream: bool, include_usage: bool, meta: _Meta, obj: str, shape: Shape,
+               collect: Callable[[list[Chunk]], dict[str, Any]]) -> Response:
+    gen = aclosing(chunks)
+    iterator = await gen.__aenter__()
+    try:
+        first = await race_disconnect(anext(iterator), receive)
+    except BaseException:
+        await gen.__aexit__(None, None, None)
+        raise
+    if not stream:
+        try:
+            rest = await race_disconnect(_drain(iterator), receive)
+        finally:
+            await gen.__aexit__(None, None, None)
+        return JSONResponse(collect([first, *rest]))
+
+    async def events() -> AsyncIterator[bytes]:
+        last = first
+        try:
+            yield _sse(_with_usage(shape(first, True), include_usage))
+            async for chunk in iterator:
+                last = chunk
+                yield _sse(_with_usage(shape(chunk, False), include_usage))
+            if include_usage:
+                yield _sse({**meta.head(obj), "choices": [], "usage": _usage(last)})
+        except BastionError as exc:
+            log.warning("stream failed after it began: %s", exc.message)
+            yield _sse_error(exc)
+        except Exception:
+            log.exception("stream failed after it began")
+            yield _sse_error(EngineError("The engine failed while streaming."))
+        finally:
+            await gen.__aexit__(None, None, None)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _with_usage(event: dict[str, Any], include_usage: bool) -> dict[str, Any]:
+    if include_usage:
+        event["usage"] = None
+    return event
+
+
+async def _drain(iterator: AsyncIterator[Chunk]) -> list[Chunk]:
+    return [chunk async for chunk in iterator]
+
+
+# ---- chat completions --------------------------------------------------------------------
+
+async def complete_chat(engine: Engine, req: ChatCompletionRequest, receive: Receive) -> Response:
+    params = req.to_generation_params()
+    meta = _Meta.new("chatcmpl", engine)
+    with_logprobs = params.logprobs is not None
+
+    def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant", "content": chunk.text} if first else (
+            {"content": chunk.text} if chunk.text else {})
+        choice = {"index": 0, "delta": delta,
+                  "logprobs": _chat_logprobs(list(chunk.logprobs)) if with_logprobs else None,
+                  "finish_reason": chunk.finish_reason}
+        return {**meta.head("chat.completion.chunk"), "choices": [choice]}
+
+    def collect(chunks: list[Chunk]) -> dict[str, Any]:
+        last = chunks[-1]
+        logprobs = [lp for c in chunks for lp in c.logprobs]
+        choice = {"index": 0,
+                  "message": {"role": "assistant", "content": "".join(c.text for c in chunks),
+                              "refusal": None},
+                  "logprobs": _chat_logprobs(logprobs) if with_logprobs else None,
+                  "finish_reason": last.finish_reason}
+        return {**meta.head("chat.completion"), "choices": [choice], "usage": _usage(last)}
+
+    return await _run(engine.generate(params), receive, stream=req.stream,
+                      include_usage=req.include_usage, meta=meta, obj="chat.completion.chunk",
+                      shape=shape, collect=collect)
+
+
+# ---- text completions --------------------------------------------------------------------
+
+async def complete_text(engine: Engine, req: CompletionRequest, receive: Receive) -> Response:
+    params = req.to_generation_params()
+    meta = _Meta.new("cmpl", engine)
+    echo = req.prompt_text if req.echo else ""
+    with_logprobs = params.logprobs is not None
+    offset = len(echo)
+
+    def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
+        nonlocal offset
+        text = (echo if first else "") + chunk.text
+        logprobs = _text_logprobs(list(chunk.logprobs), offset) if with_logprobs else None
+        offset += len(chunk.text)
+        choice = {"index": 0, "text": text, "logprobs": logprobs,
+                  "finish_reason": chunk.finish_reason}
+        return {**meta.head("text_completion"), "choices": [choice]}
+
+    def collect(chunks: list[Chunk]) -> dict[str, Any]:
+        last = chunks[-1]
+        items = [lp for c in chunks for lp in c.logprobs]
+        choice = {"index": 0, "text": echo + "".join(c.text for c in chunks),
+                  "logprobs": _text_logprobs(items, len(echo)) if with_logprobs else None,
+                  "finish_reason": last.finish_reason}
+        return {**meta.head("text_completion"), "choices": [choice], "usage": _usage(last)}
+
+    return await _run(engine.generate(params), receive, stream=req.stream,
+                      include_usage=req.include_usage, meta=meta, obj="text_completion",
+                      shape=shape, collect=collect)

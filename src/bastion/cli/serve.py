@@ -1,0 +1,43 @@
+"""``bastion serve``: import and verify the model, then serve the OpenAI API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from bastion.api.server import serve
+from bastion.catalog import builtin_model
+from bastion.log import configure_logging
+from bastion.settings import ensure_dir, home_dir, load_settings
+
+
+def serve_command(
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", help="Address to bind (repeatable). Default 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port. Default 8000.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model to serve. Default smollm2-135m-instruct.")] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads (0 = all cores).")] = None,
+    slots: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
+    ctx_per_slot: Annotated[int | None, typer.Option(help="Context tokens per slot.")] = None,
+) -> None:
+    """Serve the model on http://HOST:PORT/v1 until SIGTERM (running requests drain first)."""
+    server: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    if host:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    if model is not None:
+        server["default_model"] = model
+    for key, value in (("threads", threads), ("slots", slots), ("ctx_per_slot", ctx_per_slot)):
+        if value is not None:
+            engine[key] = value
+    overrides = {k: v for k, v in (("server", server), ("engine", engine)) if v}
+    settings = load_settings(overrides)
+    builtin_model(settings.server.default_model)  # unknown names fail here, before binding
+    configure_logging(settings.server.log_level)
+    home = ensure_dir(home_dir())
+    serve(settings, home)
+    raise typer.Exit(0)

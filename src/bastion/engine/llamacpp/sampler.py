@@ -1,0 +1,80 @@
+"""Per-sequence sampler chains built from ``SamplingParams`` (sampling runs in llama.cpp)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Sequence
+
+import llama_cpp as ll
+import numpy as np
+import numpy.typing as npt
+
+from bastion.engine.base import SamplingParams, TokenLogprob, TopLogprob
+
+PENALTY_WINDOW = 64
+"""Tokens the repetition/frequency/presence penalties look back over (llama-server's default)."""
+
+
+class SamplerChain:
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        chain_params = ll.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._ptr = ll.llama_sampler_chain_init(chain_params)
+        self.uses_penalties = (
+            params.repetition_penalty != 1.0
+            or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0
+        )
+        add = ll.llama_sampler_chain_add
+        if self.uses_penalties:
+            add(self._ptr, ll.llama_sampler_init_penalties(
+                n_vocab, PENALTY_WINDOW, params.repetition_penalty,
+                params.frequency_penalty, params.presence_penalty))
+        if params.temperature <= 0.0:
+            add(self._ptr, ll.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(self._ptr, ll.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(self._ptr, ll.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(self._ptr, ll.llama_sampler_init_min_p(params.min_p, 1))
+        add(self._ptr, ll.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        add(self._ptr, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def prime(self, tokens: Sequence[int]) -> None:
+        """Feed prompt tokens so repetition penalties see them, as llama-server does."""
+        if self.uses_penalties:
+            for token in tokens[-PENALTY_WINDOW:]:
+                ll.llama_sampler_accept(self._ptr, token)
+
+    def sample(self, ctx: ll.llama_context_p, index: int) -> int:
+        """Sample from the logits at batch ``index`` and accept the token."""
+        return int(ll.llama_sampler_sample(self._ptr, ctx, index))
+
+    def close(self) -> None:
+        if self._ptr:
+            ll.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+
+def compute_logprobs(
+    logits: npt.NDArray[np.float32], token: int, top: int, model_text: Callable[[int], str]
+) -> TokenLogprob:
+    """Log-softmax of the raw logits: the chosen token's logprob and the ``top`` best."""
+    shifted = logits.astype(np.float64) - float(logits.max())
+    log_norm = math.log(float(np.exp(shifted).sum()))
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top > 0:
+        best = np.argpartition(-shifted, top - 1)[:top]
+        best = best[np.argsort(-shifted[best])]
+        alternatives = tuple(_top(model_text, int(t), float(shifted[t]) - log_norm) for t in best)
+    text = model_text(token)
+    return TokenLogprob(text, float(shifted[token]) - log_norm, tuple(text.encode()), alternatives)
+
+
+def _top(model_text: Callable[[int], str], token: int, logprob: float) -> TopLogprob:
+    text = model_text(token)
+    return TopLogprob(text, logprob, tuple(text.encode()))

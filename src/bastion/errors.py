@@ -1,0 +1,105 @@
+"""One exception hierarchy for everything bastion reports to a caller.
+
+Each class carries the HTTP status, the OpenAI error ``type`` and ``code``; the API maps
+exceptions to responses by class in one place (``bastion.api.errors``). Messages are written
+for the caller and never contain secrets or internal exception text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BastionError(Exception):
+    """Base class: an error with a caller-facing message and an OpenAI envelope."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(BastionError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidParameterError(InvalidRequestError):
+    code = "invalid_parameter"
+
+
+class MalformedJSONError(InvalidRequestError):
+    code = "invalid_json"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(BastionError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFoundError(BastionError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(BastionError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(BastionError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class ServiceUnavailableError(BastionError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class EngineError(BastionError):
+    """The engine failed while producing a response."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+class ModelLoadError(BastionError):
+    """A model could not be imported, verified or loaded."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class ConfigError(BastionError):
+    """Settings or files under BASTION_HOME are invalid (reported by the CLI, exit 2)."""
+
+    status = 500
+    type = "server_error"
+    code = "config_error"

@@ -1,0 +1,1 @@
+"""Model integrity: manifests in coreutils ``sha256sum`` format and hashing."""

@@ -1,0 +1,124 @@
+"""The model registry: which models are served, their state, and load on start.
+
+Loading happens in the background so ``/health`` answers at once; ``/ready`` reports when
+every configured model is loaded and verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bastion.catalog import ModelDef
+from bastion.engine import Engine
+from bastion.errors import BastionError, ModelLoadError, ModelNotFoundError, ServiceUnavailableError
+from bastion.store.package import LocalModel, import_from_package, verify_local
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+EngineFactory = Callable[[LocalModel], Engine]
+"""Builds an (unstarted) engine for a verified model."""
+
+
+@dataclass(eq=False)
+class _Entry:
+    model: ModelDef
+    state: ModelState = ModelState.LOADING
+    engine: Engine | None = None
+    error: str | None = None
+    load_seconds: float | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class ModelRegistry:
+    def __init__(self, home: Path, default_model: str, factory: EngineFactory) -> None:
+        self._home = home
+        self._default = default_model
+        self._factory = factory
+        self._entries: dict[str, _Entry] = {}
+
+    @property
+    def default_model(self) -> str:
+        return self._default
+
+    def add(self, model: ModelDef) -> None:
+        """Register ``model`` and start importing, verifying and loading it in the background."""
+        entry = _Entry(model)
+        self._entries[model.name] = entry
+        entry.task = asyncio.create_task(self._load(entry), name=f"load-{model.name}")
+
+    async def _load(self, entry: _Entry) -> None:
+        started = time.perf_counter()
+        name = entry.model.name
+        try:
+            await asyncio.to_thread(import_from_package, self._home, entry.model)
+            local = await asyncio.to_thread(verify_local, self._home, entry.model)
+            engine = self._factory(local)
+            await engine.start()
+        except BastionError as exc:
+            entry.state, entry.error = ModelState.FAILED, exc.message
+            log.error("model %s is not served: %s", name, exc.message)  # noqa: TRY400
+            return
+        except Exception:
+            entry.state, entry.error = ModelState.FAILED, "failed to load"
+            log.exception("model %s failed to load", name)
+            return
+        entry.engine, entry.state = engine, ModelState.READY
+        entry.load_seconds = time.perf_counter() - started
+        log.info("model %s ready (sha256 %s) in %.2fs", name, local.sha256, entry.load_seconds)
+
+    async def wait_loaded(self) -> None:
+        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def resolve(self, name: str | None) -> Engine:
+        """The engine serving ``name`` (the default model when None)."""
+        entry = self._entries.get(name or self._default)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        if entry.state is ModelState.LOADING:
+            raise ServiceUnavailableError(f"The model '{entry.model.name}' is still loading.")
+        if entry.engine is None or entry.state is not ModelState.READY:
+            raise ModelLoadError(
+                f"The model '{entry.model.name}' is not available: {entry.error or 'stopped'}."
+            )
+        return entry.engine
+
+    def served(self) -> list[Engine]:
+        return [e.engine for e in self._entries.values()
+                if e.engine is not None and e.state is ModelState.READY]
+
+    def states(self) -> dict[str, dict[str, object]]:
+        return {name: {"state": e.state.value, "error": e.error, "load_seconds": e.load_seconds}
+                for name, e in self._entries.items()}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._entries) and all(
+            e.state is ModelState.READY for e in self._entries.values())
+
+    async def close(self) -> None:
+        for entry in self._entries.values():
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
+        await self.wait_loaded()
+        for entry in self._entries.values():
+            if entry.engine is not None:
+                await entry.engine.close()
+            entry.state, entry.engine = ModelState.STOPPED, None

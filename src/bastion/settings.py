@@ -1,0 +1,147 @@
+"""One settings tree for the whole server.
+
+Precedence, highest first: CLI flags (passed as init keyword arguments), environment
+variables ``BASTION_<SECTION>__<FIELD>``, ``$BASTION_HOME/bastion.yaml``, then the defaults
+below. Field descriptions double as help text and as the configuration reference.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from bastion.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def home_dir() -> Path:
+    """``$BASTION_HOME``, default ``~/.bastion``."""
+    raw = os.environ.get("BASTION_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".bastion"
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700; everything under BASTION_HOME is private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(_Section):
+    host: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        min_length=1,
+        description="Addresses to bind; repeat --host for several. Loopback only by default.",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    default_model: str = Field(
+        default=DEFAULT_MODEL,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Model served when a request omits `model`.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body accepted; larger bodies get 413.",
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Seconds running requests may take to finish after SIGTERM.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level for bastion and uvicorn."
+    )
+
+
+class EngineSettings(_Section):
+    threads: int = Field(
+        default=0, ge=0, le=512, description="llama.cpp threads; 0 uses every core."
+    )
+    slots: int = Field(
+        default=4, ge=1, le=64, description="Sequences decoded together (continuous batching)."
+    )
+    ctx_per_slot: int = Field(
+        default=4096, ge=128, le=1_048_576, description="Context length of each slot in tokens."
+    )
+    batch_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=65_536,
+        description="Most tokens decoded in one step; long prompts are prefilled in chunks.",
+    )
+
+    def resolved_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+
+class _YamlSource(InitSettingsSource):
+    """Reads ``$BASTION_HOME/bastion.yaml`` when it exists."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, read_yaml_settings(path))
+
+
+def read_yaml_settings(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BASTION_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, config_path()))
+
+
+def config_path() -> Path:
+    return home_dir() / "bastion.yaml"
+
+
+def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Build settings from CLI overrides, environment, config file and defaults."""
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,1 @@
+"""The model store: files under ``$BASTION_HOME/models/<name>/`` with their manifest."""
