@@ -114,7 +114,10 @@ def read_yaml_settings(path: Path) -> dict[str, Any]:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="BASTION_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+        env_prefix="BASTION_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
     )
 
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -139,7 +142,8 @@ def config_path() -> Path:
 def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
     """Build settings from CLI overrides, environment, config file and defaults."""
     try:
-        return Settings(**(overrides or {}))
+        kwargs: dict[str, Any] = dict(overrides or {})
+        return Settings(**kwargs)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,23 +31,31 @@ def error_response(error: BastionError) -> JSONResponse:
 async def send_error(send: Send, error: BastionError) -> None:
     """Send an error from raw ASGI middleware (before any route ran)."""
     body = json.dumps(error.envelope()).encode()
-    await send({
-        "type": "http.response.start",
-        "status": error.status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
 def param_path(loc: tuple[int | str, ...]) -> str:
-    """``("messages", 0, "content")`` -> ``messages[0].content``; union tags dropped."""
+    """``("messages", 0, "content")`` -> ``messages[0].content``; union tags are dropped."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("body",) or "[" in part or part in ("str", "list", "int", "float", "bool"):
+        elif part == "body" or part in _TYPE_TAGS or not _FIELD.match(part):
             continue
         else:
             out += f".{part}" if out else part
@@ -90,7 +99,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
+    log.error("unhandled error", exc_info=exc)
     return error_response(BastionError("The server had an internal error."))
 
 

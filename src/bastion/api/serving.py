@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,17 +68,26 @@ class _Meta:
     @classmethod
     def new(cls, prefix: str, engine: Engine) -> _Meta:
         info = engine.info
-        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name,
-                   f"sha256:{info.digest}")
+        return cls(
+            f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name, f"sha256:{info.digest}"
+        )
 
     def head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": self.fingerprint}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+        }
 
 
 def _usage(last: Chunk) -> dict[str, int]:
-    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-            "total_tokens": last.prompt_tokens + last.completion_tokens}
+    return {
+        "prompt_tokens": last.prompt_tokens,
+        "completion_tokens": last.completion_tokens,
+        "total_tokens": last.prompt_tokens + last.completion_tokens,
+    }
 
 
 def _sse(data: dict[str, Any]) -> bytes:
@@ -91,12 +100,22 @@ def _sse_error(error: BastionError) -> bytes:
 
 # ---- logprobs in the two OpenAI shapes ---------------------------------------------------
 
+
 def _chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [
-        {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
-         "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": list(a.bytes)}
-                          for a in t.top]}
-        for t in items], "refusal": None}
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.bytes),
+                "top_logprobs": [
+                    {"token": a.token, "logprob": a.logprob, "bytes": list(a.bytes)} for a in t.top
+                ],
+            }
+            for t in items
+        ],
+        "refusal": None,
+    }
 
 
 def _text_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
@@ -104,10 +123,12 @@ def _text_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
     for t in items:
         offsets.append(offset)
         offset += len(t.token)
-    return {"tokens": [t.token for t in items],
-            "token_logprobs": [t.logprob for t in items],
-            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in items],
-            "text_offset": offsets}
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [{a.token: a.logprob for a in t.top} for t in items],
+        "text_offset": offsets,
+    }
 
 
 # ---- the shared run: first chunk, then stream or collect ----------------------------------
@@ -116,9 +137,17 @@ Shape = Callable[[Chunk, bool], dict[str, Any]]
 """Builds one streamed event from a chunk (second argument: first chunk of the stream)."""
 
 
-async def _run(chunks: AsyncIterator[Chunk], receive: Receive, *,
-               stream: bool, include_usage: bool, meta: _Meta, obj: str, shape: Shape,
-               collect: Callable[[list[Chunk]], dict[str, Any]]) -> Response:
+async def _run(
+    chunks: AsyncGenerator[Chunk, None],
+    receive: Receive,
+    *,
+    stream: bool,
+    include_usage: bool,
+    meta: _Meta,
+    obj: str,
+    shape: Shape,
+    collect: Callable[[list[Chunk]], dict[str, Any]],
+) -> Response:
     gen = aclosing(chunks)
     iterator = await gen.__aenter__()
     try:
@@ -167,35 +196,55 @@ async def _drain(iterator: AsyncIterator[Chunk]) -> list[Chunk]:
 
 # ---- chat completions --------------------------------------------------------------------
 
+
 async def complete_chat(engine: Engine, req: ChatCompletionRequest, receive: Receive) -> Response:
     params = req.to_generation_params()
     meta = _Meta.new("chatcmpl", engine)
     with_logprobs = params.logprobs is not None
 
     def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
-        delta: dict[str, Any] = {"role": "assistant", "content": chunk.text} if first else (
-            {"content": chunk.text} if chunk.text else {})
-        choice = {"index": 0, "delta": delta,
-                  "logprobs": _chat_logprobs(list(chunk.logprobs)) if with_logprobs else None,
-                  "finish_reason": chunk.finish_reason}
+        delta: dict[str, Any] = (
+            {"role": "assistant", "content": chunk.text}
+            if first
+            else ({"content": chunk.text} if chunk.text else {})
+        )
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": _chat_logprobs(list(chunk.logprobs)) if with_logprobs else None,
+            "finish_reason": chunk.finish_reason,
+        }
         return {**meta.head("chat.completion.chunk"), "choices": [choice]}
 
     def collect(chunks: list[Chunk]) -> dict[str, Any]:
         last = chunks[-1]
         logprobs = [lp for c in chunks for lp in c.logprobs]
-        choice = {"index": 0,
-                  "message": {"role": "assistant", "content": "".join(c.text for c in chunks),
-                              "refusal": None},
-                  "logprobs": _chat_logprobs(logprobs) if with_logprobs else None,
-                  "finish_reason": last.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "".join(c.text for c in chunks),
+                "refusal": None,
+            },
+            "logprobs": _chat_logprobs(logprobs) if with_logprobs else None,
+            "finish_reason": last.finish_reason,
+        }
         return {**meta.head("chat.completion"), "choices": [choice], "usage": _usage(last)}
 
-    return await _run(engine.generate(params), receive, stream=req.stream,
-                      include_usage=req.include_usage, meta=meta, obj="chat.completion.chunk",
-                      shape=shape, collect=collect)
+    return await _run(
+        engine.generate(params),
+        receive,
+        stream=req.stream,
+        include_usage=req.include_usage,
+        meta=meta,
+        obj="chat.completion.chunk",
+        shape=shape,
+        collect=collect,
+    )
 
 
 # ---- text completions --------------------------------------------------------------------
+
 
 async def complete_text(engine: Engine, req: CompletionRequest, receive: Receive) -> Response:
     params = req.to_generation_params()
@@ -209,18 +258,32 @@ async def complete_text(engine: Engine, req: CompletionRequest, receive: Receive
         text = (echo if first else "") + chunk.text
         logprobs = _text_logprobs(list(chunk.logprobs), offset) if with_logprobs else None
         offset += len(chunk.text)
-        choice = {"index": 0, "text": text, "logprobs": logprobs,
-                  "finish_reason": chunk.finish_reason}
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": chunk.finish_reason,
+        }
         return {**meta.head("text_completion"), "choices": [choice]}
 
     def collect(chunks: list[Chunk]) -> dict[str, Any]:
         last = chunks[-1]
         items = [lp for c in chunks for lp in c.logprobs]
-        choice = {"index": 0, "text": echo + "".join(c.text for c in chunks),
-                  "logprobs": _text_logprobs(items, len(echo)) if with_logprobs else None,
-                  "finish_reason": last.finish_reason}
+        choice = {
+            "index": 0,
+            "text": echo + "".join(c.text for c in chunks),
+            "logprobs": _text_logprobs(items, len(echo)) if with_logprobs else None,
+            "finish_reason": last.finish_reason,
+        }
         return {**meta.head("text_completion"), "choices": [choice], "usage": _usage(last)}
 
-    return await _run(engine.generate(params), receive, stream=req.stream,
-                      include_usage=req.include_usage, meta=meta, obj="text_completion",
-                      shape=shape, collect=collect)
+    return await _run(
+        engine.generate(params),
+        receive,
+        stream=req.stream,
+        include_usage=req.include_usage,
+        meta=meta,
+        obj="text_completion",
+        shape=shape,
+        collect=collect,
+    )

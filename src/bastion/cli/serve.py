@@ -13,11 +13,14 @@ from bastion.settings import ensure_dir, home_dir, load_settings
 
 
 def serve_command(
-    host: Annotated[list[str] | None, typer.Option(
-        "--host", help="Address to bind (repeatable). Default 127.0.0.1.")] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Address to bind (repeatable). Default 127.0.0.1."),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port. Default 8000.")] = None,
-    model: Annotated[str | None, typer.Option(
-        help="Model to serve. Default smollm2-135m-instruct.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model to serve. Default smollm2-135m-instruct.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="llama.cpp threads (0 = all cores).")] = None,
     slots: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
     ctx_per_slot: Annotated[int | None, typer.Option(help="Context tokens per slot.")] = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -97,7 +97,7 @@ class Engine(Protocol):
         """Load the model; raises ``ModelLoadError`` when it cannot be served."""
         ...
 
-    def generate(self, params: GenerationParams) -> AsyncIterator[Chunk]:
+    def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         """Yield chunks of one generation; errors before the first chunk are caller errors."""
         ...
 

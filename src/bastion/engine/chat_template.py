@@ -32,8 +32,9 @@ class TemplateRenderError(InvalidRequestError):
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise TemplateRenderError(f"the model's chat template rejected the messages: {message}",
-                              param="messages")
+    raise TemplateRenderError(
+        f"the model's chat template rejected the messages: {message}", param="messages"
+    )
 
 
 def _strftime_now(fmt: str) -> str:

@@ -101,17 +101,23 @@ class ModelRegistry:
         return entry.engine
 
     def served(self) -> list[Engine]:
-        return [e.engine for e in self._entries.values()
-                if e.engine is not None and e.state is ModelState.READY]
+        return [
+            e.engine
+            for e in self._entries.values()
+            if e.engine is not None and e.state is ModelState.READY
+        ]
 
     def states(self) -> dict[str, dict[str, object]]:
-        return {name: {"state": e.state.value, "error": e.error, "load_seconds": e.load_seconds}
-                for name, e in self._entries.items()}
+        return {
+            name: {"state": e.state.value, "error": e.error, "load_seconds": e.load_seconds}
+            for name, e in self._entries.items()
+        }
 
     @property
     def ready(self) -> bool:
         return bool(self._entries) and all(
-            e.state is ModelState.READY for e in self._entries.values())
+            e.state is ModelState.READY for e in self._entries.values()
+        )
 
     async def close(self) -> None:
         for entry in self._entries.values():

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from bastion.catalog import ModelDef
 from bastion.errors import ModelLoadError
-from bastion.integrity.manifest import MANIFEST_NAME, ManifestError, hash_file, read_manifest, write_manifest
+from bastion.integrity.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    hash_file,
+    read_manifest,
+    write_manifest,
+)
 from bastion.settings import ensure_dir
 
 log = logging.getLogger(__name__)

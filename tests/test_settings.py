@@ -1,0 +1,63 @@
+"""Settings precedence: CLI > environment > $BASTION_HOME/bastion.yaml > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import ConfigError
+from bastion.settings import Settings, home_dir, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "bastion.example.yaml"
+
+
+def test_defaults_are_loopback_only(home: Path) -> None:
+    settings = load_settings()
+    assert settings.server.host == ["127.0.0.1"]
+    assert settings.server.port == 8000
+    assert settings.server.max_body_bytes == 4 * 1024 * 1024
+    assert settings.engine.slots == 4
+
+
+def test_home_defaults_to_dot_bastion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BASTION_HOME", raising=False)
+    assert home_dir() == Path.home() / ".bastion"
+
+
+def test_shipped_example_config_loads_and_matches_defaults(home: Path) -> None:
+    defaults = Settings().model_dump()
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text(EXAMPLE.read_text())
+    assert load_settings().model_dump() == defaults
+
+
+def test_file_then_env_then_cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text("server:\n  port: 8100\n  drain_timeout: 5\n")
+    assert load_settings().server.port == 8100
+    monkeypatch.setenv("BASTION_SERVER__PORT", "8200")
+    settings = load_settings()
+    assert settings.server.port == 8200
+    assert settings.server.drain_timeout == 5  # untouched file value survives the env override
+    assert load_settings({"server": {"port": 8300}}).server.port == 8300
+
+
+def test_unknown_key_in_file_is_an_error_naming_it(home: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text("server:\n  prot: 8100\n")
+    with pytest.raises(ConfigError, match=r"server\.prot"):
+        load_settings()
+
+
+def test_invalid_yaml_is_reported(home: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings()
+
+
+def test_out_of_range_value_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_ENGINE__SLOTS", "0")
+    with pytest.raises(ConfigError, match=r"engine\.slots"):
+        load_settings()
