@@ -33,9 +33,18 @@ def refused(**fields: Any) -> BastionError:
 
 
 def test_every_sampling_parameter_reaches_the_engine() -> None:
-    params = chat(temperature=0.5, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
-                  frequency_penalty=0.2, presence_penalty=-0.3, seed=7, max_tokens=12,
-                  stop="END").to_generation_params()
+    params = chat(
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        frequency_penalty=0.2,
+        presence_penalty=-0.3,
+        seed=7,
+        max_tokens=12,
+        stop="END",
+    ).to_generation_params()
     assert params.sampling == SamplingParams(0.5, 0.9, 40, 0.05, 1.1, 0.2, -0.3, 7)
     assert params.max_tokens == 12
     assert params.stop == ("END",)
@@ -55,10 +64,16 @@ def test_logprobs_and_top_logprobs() -> None:
 def test_text_content_parts_are_joined_and_images_refused() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     request = ChatCompletionRequest.model_validate(
-        {"messages": [{"role": "user", "content": parts}]})
+        {"messages": [{"role": "user", "content": parts}]}
+    )
     assert request.to_generation_params().messages[0].content == "ab"  # type: ignore[index]
-    image = ChatCompletionRequest.model_validate({"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+    image = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        }
+    )
     with pytest.raises(InvalidParameterError) as info:
         image.to_generation_params()
     assert info.value.param == "messages[0].content"
@@ -98,8 +113,9 @@ def test_text_content_parts_are_joined_and_images_refused() -> None:
         ({"tools": [{"type": "function"}]}, "tools"),
     ],
 )
-def test_bad_parameters_are_refused_naming_the_parameter(fields: dict[str, Any],
-                                                          param: str) -> None:
+def test_bad_parameters_are_refused_naming_the_parameter(
+    fields: dict[str, Any], param: str
+) -> None:
     error = refused(**fields)
     assert error.status == 400
     assert error.param == param

@@ -43,7 +43,9 @@ def test_template_cannot_mutate_its_inputs() -> None:
 
 
 def test_raise_exception_in_template_is_a_400_naming_messages() -> None:
-    strict = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+    strict = (
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+    )
     with pytest.raises(TemplateRenderError, match="system first") as info:
         ChatTemplate(strict, bos_token="", eos_token="").render(USER)
     assert info.value.status == 400

@@ -20,8 +20,9 @@ GREEDY = SamplingParams(temperature=0.0)
 @pytest.fixture(scope="module")
 def engine(smollm2_file: Path) -> Iterator[LlamaCppEngine]:
     # The owner thread is independent of any event loop: start it once, use it from many.
-    eng = LlamaCppEngine("smollm2", smollm2_file, "0" * 64,
-                         EngineSettings(threads=2, slots=2, ctx_per_slot=CTX))
+    eng = LlamaCppEngine(
+        "smollm2", smollm2_file, "0" * 64, EngineSettings(threads=2, slots=2, ctx_per_slot=CTX)
+    )
     asyncio.run(eng.start())
     yield eng
     asyncio.run(eng.close())
@@ -41,8 +42,12 @@ def ask(text: str) -> tuple[ChatMessage, ...]:
 
 
 def test_answers_two_plus_two(engine: LlamaCppEngine) -> None:
-    text, last = run(engine, messages=ask("What is 2+2? Respond with only the number."),
-                     sampling=GREEDY, max_tokens=16)
+    text, last = run(
+        engine,
+        messages=ask("What is 2+2? Respond with only the number."),
+        sampling=GREEDY,
+        max_tokens=16,
+    )
     assert "4" in text
     assert last.finish_reason == "stop"
     assert last.prompt_tokens > 0
@@ -63,8 +68,12 @@ def test_greedy_is_deterministic(engine: LlamaCppEngine) -> None:
 
 def test_same_seed_same_text_and_other_seed_other_text(engine: LlamaCppEngine) -> None:
     def sample(seed: int) -> str:
-        return run(engine, prompt="Write a word:", max_tokens=32,
-                   sampling=SamplingParams(temperature=1.0, seed=seed))[0]
+        return run(
+            engine,
+            prompt="Write a word:",
+            max_tokens=32,
+            sampling=SamplingParams(temperature=1.0, seed=seed),
+        )[0]
 
     assert sample(1234) == sample(1234)
     assert len({sample(1), sample(2), sample(3)}) > 1
@@ -74,21 +83,20 @@ def test_stop_sequence_cuts_output_and_is_not_included(engine: LlamaCppEngine) -
     full, _ = run(engine, prompt="Count: 1, 2, 3,", sampling=GREEDY, max_tokens=30)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), full
-    cut, last = run(engine, prompt="Count: 1, 2, 3,", sampling=GREEDY, max_tokens=30,
-                    stop=(stop,))
+    cut, last = run(engine, prompt="Count: 1, 2, 3,", sampling=GREEDY, max_tokens=30, stop=(stop,))
     assert cut == full[: full.find(stop)]
     assert last.finish_reason == "stop"
 
 
 def test_logprobs_are_sorted_and_greedy_picks_the_best(engine: LlamaCppEngine) -> None:
-    chunks = asyncio.run(collect(engine, GenerationParams(
-        prompt="Hello", sampling=GREEDY, max_tokens=4, logprobs=3)))
+    chunks = asyncio.run(
+        collect(engine, GenerationParams(prompt="Hello", sampling=GREEDY, max_tokens=4, logprobs=3))
+    )
     items = [lp for c in chunks for lp in c.logprobs]
     assert len(items) == 4
     for item in items:
         assert item.logprob <= 0.0
-        assert [a.logprob for a in item.top] == sorted((a.logprob for a in item.top),
-                                                       reverse=True)
+        assert [a.logprob for a in item.top] == sorted((a.logprob for a in item.top), reverse=True)
         assert item.top[0].token == item.token
 
 
@@ -105,8 +113,9 @@ def test_prompt_plus_max_tokens_over_context_is_refused(engine: LlamaCppEngine) 
 
 def test_without_max_tokens_generation_stops_at_the_context_end(engine: LlamaCppEngine) -> None:
     prompt = "word " * (CTX - 20)
-    _, last = run(engine, prompt=prompt, sampling=SamplingParams(temperature=0.0,
-                                                                  repetition_penalty=1.0))
+    _, last = run(
+        engine, prompt=prompt, sampling=SamplingParams(temperature=0.0, repetition_penalty=1.0)
+    )
     assert last.prompt_tokens + last.completion_tokens <= CTX
     assert last.finish_reason in ("length", "stop")
 
@@ -119,7 +128,8 @@ def test_cancelled_stream_frees_its_slot_for_others(engine: LlamaCppEngine) -> N
             await anext(stream)
             await stream.aclose()  # a client that disconnects
         chunks = await asyncio.wait_for(
-            collect(engine, GenerationParams(prompt="Hi", sampling=GREEDY, max_tokens=3)), 60)
+            collect(engine, GenerationParams(prompt="Hi", sampling=GREEDY, max_tokens=3)), 60
+        )
         return chunks[-1].finish_reason or ""
 
     assert asyncio.run(scenario()) == "length"
@@ -130,8 +140,12 @@ def test_batched_greedy_equals_alone(engine: LlamaCppEngine) -> None:
     alone = [run(engine, prompt=p, sampling=GREEDY, max_tokens=20)[0] for p in prompts]
 
     async def together() -> list[str]:
-        results = await asyncio.gather(*(collect(engine, GenerationParams(
-            prompt=p, sampling=GREEDY, max_tokens=20)) for p in prompts))
+        results = await asyncio.gather(
+            *(
+                collect(engine, GenerationParams(prompt=p, sampling=GREEDY, max_tokens=20))
+                for p in prompts
+            )
+        )
         return ["".join(c.text for c in chunks) for chunks in results]
 
     assert asyncio.run(together()) == alone
@@ -140,7 +154,10 @@ def test_batched_greedy_equals_alone(engine: LlamaCppEngine) -> None:
 def test_frequency_penalty_changes_a_repetitive_continuation(engine: LlamaCppEngine) -> None:
     prompt = "the the the the the the"
     plain, _ = run(engine, prompt=prompt, sampling=GREEDY, max_tokens=20)
-    penalised, _ = run(engine, prompt=prompt, max_tokens=20,
-                       sampling=SamplingParams(temperature=0.0, frequency_penalty=2.0,
-                                               presence_penalty=2.0))
+    penalised, _ = run(
+        engine,
+        prompt=prompt,
+        max_tokens=20,
+        sampling=SamplingParams(temperature=0.0, frequency_penalty=2.0, presence_penalty=2.0),
+    )
     assert plain != penalised

@@ -49,7 +49,9 @@ def test_no_stops_passes_text_through() -> None:
     stop=st.text(alphabet="abcXY", min_size=1, max_size=4),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
 )
-def test_any_split_gives_the_same_result_as_one_piece(text: str, stop: str, cuts: list[int]) -> None:
+def test_any_split_gives_the_same_result_as_one_piece(
+    text: str, stop: str, cuts: list[int]
+) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     expected_hit = stop in text

@@ -35,8 +35,9 @@ def test_real_sha256sum_accepts_bastion_manifest_with_escaped_names(tmp_path: Pa
     for i, name in enumerate(names):
         (tmp_path / name).write_bytes(bytes([i]) * 100)
     write_manifest(tmp_path, names)
-    result = subprocess.run([SHA256SUM, "-c", MANIFEST_NAME], cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [SHA256SUM, "-c", MANIFEST_NAME], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -45,8 +46,9 @@ def test_manifest_written_by_sha256sum_parses_to_the_same_digests(tmp_path: Path
     names = ["a.bin", "odd\\name.bin"]
     for name in names:
         (tmp_path / name).write_bytes(name.encode())
-    out = subprocess.run([SHA256SUM, "--", *names], cwd=tmp_path, capture_output=True,
-                         check=True).stdout.decode()
+    out = subprocess.run(
+        [SHA256SUM, "--", *names], cwd=tmp_path, capture_output=True, check=True
+    ).stdout.decode()
     manifest = parse(out)
     assert manifest.entries == {n: hashlib.sha256(n.encode()).hexdigest() for n in names}
 

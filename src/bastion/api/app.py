@@ -16,17 +16,24 @@ from bastion.catalog import builtin_model
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.router import ModelRegistry
+from bastion.router.registry import EngineFactory
 from bastion.settings import Settings
 from bastion.store.package import LocalModel
 
 
-def create_app(settings: Settings, home: Path) -> FastAPI:
+def create_app(
+    settings: Settings, home: Path, engine_factory: EngineFactory | None = None
+) -> FastAPI:
+    """The bastion ASGI app; ``engine_factory`` defaults to the embedded llama.cpp engine."""
+
     def build_engine(model: LocalModel) -> Engine:
         return LlamaCppEngine(model.name, model.weights, model.sha256, settings.engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(home, settings.server.default_model, build_engine)
+        registry = ModelRegistry(
+            home, settings.server.default_model, engine_factory or build_engine
+        )
         registry.add(builtin_model(settings.server.default_model))
         app.state.registry = registry
         try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+from types import FrameType
 from pathlib import Path
 
 import uvicorn
@@ -32,6 +34,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings, home: Path) -> None:
     """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish."""
     server_settings = settings.server
@@ -49,6 +55,10 @@ def serve(settings: Settings, home: Path) -> None:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         log.info("bastion listening on http://%s:%d/v1", shown, port)
+    # uvicorn re-raises the stop signal once it has shut down; after a clean drain the
+    # process should exit 0 rather than die of SIGTERM.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     try:
         asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
     finally:

@@ -35,6 +35,7 @@ from bastion.errors import (
     ModelLoadError,
     ServiceUnavailableError,
 )
+from bastion.log import request_id_var
 from bastion.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class _Request:
     max_tokens: int
     params: GenerationParams
     loop: asyncio.AbstractEventLoop
+    request_id: str = "-"
     out: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -130,7 +132,9 @@ class LlamaCppEngine:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
         prompt = await asyncio.to_thread(self._tokenize_prompt, params)
         max_tokens = self._budget(len(prompt), params.max_tokens)
-        request = _Request(prompt, max_tokens, params, asyncio.get_running_loop())
+        request = _Request(
+            prompt, max_tokens, params, asyncio.get_running_loop(), request_id_var.get()
+        )
         self._inbox.put(request)
         try:
             while (item := await request.out.get()) is not None:
@@ -386,10 +390,17 @@ class LlamaCppEngine:
         self._free(seq)
 
     def _drop_if_cancelled(self, seq: _Sequence) -> bool:
-        if seq.request.cancelled:
-            self._free(seq)
-            return True
-        return False
+        request = seq.request
+        if not request.cancelled:
+            return False
+        log.info(
+            "generation cancelled by the client after %d of %d tokens",
+            seq.generated,
+            request.max_tokens,
+            extra={"request_id": request.request_id},
+        )
+        self._free(seq)
+        return True
 
     def _free(self, seq: _Sequence) -> None:
         seq.sampler.close()
