@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,6 @@ def smollm2_file() -> Path:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh BASTION_HOME; no BASTION_* settings leak in from the environment."""
-    import os
-
     for key in list(os.environ):
         if key.startswith("BASTION_"):
             monkeypatch.delenv(key)

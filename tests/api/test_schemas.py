@@ -119,7 +119,7 @@ def test_bad_parameters_are_refused_naming_the_parameter(
     error = refused(**fields)
     assert error.status == 400
     assert error.param == param
-    assert param.split("[")[0] in error.message
+    assert param.split("[", maxsplit=1)[0] in error.message
 
 
 def test_nan_sent_as_a_json_literal_is_refused_by_name() -> None:

@@ -65,6 +65,14 @@ class Server:
         return code
 
 
+def wait_until_ready(server: Server, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{server.base_url}/ready").status_code != 200:
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise AssertionError(f"server never became ready:\n{server.log_text()}")
+        time.sleep(0.1)
+
+
 def start_server(
     home: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
 ) -> Server:
@@ -90,11 +98,7 @@ def start_server(
     try:
         server.base_url = server.wait_for_log(LISTENING.pattern).group(1)
         if wait_ready:
-            deadline = time.monotonic() + 120
-            while httpx.get(f"{server.base_url}/ready").status_code != 200:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"server never became ready:\n{server.log_text()}")
-                time.sleep(0.1)
+            wait_until_ready(server)
     except BaseException:
         server.stop()
         raise

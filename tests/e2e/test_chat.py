@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -30,8 +31,6 @@ def test_chat_answers_two_plus_two(client: OpenAI) -> None:
 
 
 def test_model_may_be_omitted(server: Server) -> None:
-    import httpx
-
     body = {"messages": QUESTION, "temperature": 0, "max_tokens": 4}
     response = httpx.post(f"{server.v1}/chat/completions", json=body, timeout=60)
     assert response.status_code == 200

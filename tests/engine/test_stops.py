@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,7 +55,7 @@ def test_any_split_gives_the_same_result_as_one_piece(
     text: str, stop: str, cuts: list[int]
 ) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     expected_hit = stop in text
     expected = text[: text.find(stop)] if expected_hit else text
     assert feed(StopBuffer([stop]), pieces) == (expected, expected_hit)

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 import socket
-from types import FrameType
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 

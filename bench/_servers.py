@@ -1,0 +1,111 @@
+"""Start and stop the servers a benchmark compares, all on loopback with the same model."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Peer:
+    """One server under test: its name, base URL and process."""
+
+    name: str
+    base_url: str
+    process: subprocess.Popen[str]
+    log: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> Peer:
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    peer = Peer(name, "", process)
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            peer.log.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return peer
+
+
+def _wait(peer: Peer, path: str, timeout: float = 180) -> Peer:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if peer.process.poll() is not None:
+            raise RuntimeError(f"{peer.name} exited:\n{''.join(peer.log[-30:])}")
+        try:
+            if httpx.get(f"{peer.base_url}{path}", timeout=2).status_code == 200:
+                return peer
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    peer.stop()
+    raise RuntimeError(f"{peer.name} did not become ready")
+
+
+def start_bastion(threads: int, slots: int, ctx_per_slot: int) -> Peer:
+    home = tempfile.mkdtemp(prefix="bastion-bench-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
+    env["BASTION_HOME"] = home
+    port = free_port()
+    peer = _spawn("bastion", [str(VENV_BIN / "bastion"), "serve", "--port", str(port),
+                              "--threads", str(threads), "--slots", str(slots),
+                              "--ctx-per-slot", str(ctx_per_slot)], env)
+    peer.base_url = f"http://127.0.0.1:{port}"
+    return _wait(peer, "/ready")
+
+
+def start_llama_cpp_python(model: Path, threads: int, ctx: int) -> Peer:
+    port = free_port()
+    peer = _spawn("llama-cpp-python", [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(ctx),
+        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
+        "--model_alias", "smollm2-135m-instruct"])
+    peer.base_url = f"http://127.0.0.1:{port}"
+    return _wait(peer, "/v1/models")
+
+
+def start_llama_server(binary: Path, model: Path, threads: int, slots: int,
+                       ctx_per_slot: int) -> Peer:
+    port = free_port()
+    peer = _spawn("llama-server", [
+        str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads),
+        "-c", str(ctx_per_slot * slots), "-np", str(slots), "--host", "127.0.0.1",
+        "--port", str(port), "--alias", "smollm2-135m-instruct"])
+    peer.base_url = f"http://127.0.0.1:{port}"
+    return _wait(peer, "/health")
+
+
+def parse_listening(log: str) -> str | None:
+    match = re.search(r"listening on (http://\S+?)/v1", log)
+    return match.group(1) if match else None
