@@ -44,8 +44,9 @@ class Peer:
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> Peer:
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     peer = Peer(name, "", process)
 
     def pump() -> None:
@@ -77,31 +78,82 @@ def start_bastion(threads: int, slots: int, ctx_per_slot: int) -> Peer:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
     env["BASTION_HOME"] = home
     port = free_port()
-    peer = _spawn("bastion", [str(VENV_BIN / "bastion"), "serve", "--port", str(port),
-                              "--threads", str(threads), "--slots", str(slots),
-                              "--ctx-per-slot", str(ctx_per_slot)], env)
+    peer = _spawn(
+        "bastion",
+        [
+            str(VENV_BIN / "bastion"),
+            "serve",
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--slots",
+            str(slots),
+            "--ctx-per-slot",
+            str(ctx_per_slot),
+        ],
+        env,
+    )
     peer.base_url = f"http://127.0.0.1:{port}"
     return _wait(peer, "/ready")
 
 
 def start_llama_cpp_python(model: Path, threads: int, ctx: int) -> Peer:
     port = free_port()
-    peer = _spawn("llama-cpp-python", [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(ctx),
-        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
-        "--model_alias", "smollm2-135m-instruct"])
+    peer = _spawn(
+        "llama-cpp-python",
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            "--n_ctx",
+            str(ctx),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--verbose",
+            "False",
+            "--model_alias",
+            "smollm2-135m-instruct",
+        ],
+    )
     peer.base_url = f"http://127.0.0.1:{port}"
     return _wait(peer, "/v1/models")
 
 
-def start_llama_server(binary: Path, model: Path, threads: int, slots: int,
-                       ctx_per_slot: int) -> Peer:
+def start_llama_server(
+    binary: Path, model: Path, threads: int, slots: int, ctx_per_slot: int
+) -> Peer:
     port = free_port()
-    peer = _spawn("llama-server", [
-        str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads),
-        "-c", str(ctx_per_slot * slots), "-np", str(slots), "--host", "127.0.0.1",
-        "--port", str(port), "--alias", "smollm2-135m-instruct"])
+    peer = _spawn(
+        "llama-server",
+        [
+            str(binary),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-c",
+            str(ctx_per_slot * slots),
+            "-np",
+            str(slots),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--alias",
+            "smollm2-135m-instruct",
+        ],
+    )
     peer.base_url = f"http://127.0.0.1:{port}"
     return _wait(peer, "/health")
 

@@ -35,8 +35,13 @@ class Samples:
 
 def stream_once(base_url: str, max_tokens: int) -> tuple[float, float, int]:
     """One streamed completion: (time to first token, tokens/s over the stream, tokens)."""
-    body = {"model": "smollm2-135m-instruct", "prompt": PROMPT, "max_tokens": max_tokens,
-            "temperature": 0, "stream": True}
+    body = {
+        "model": "smollm2-135m-instruct",
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     started = time.perf_counter()
     first = last = 0.0
     tokens = 0
@@ -71,8 +76,10 @@ def measure(peers: list[Peer], requests: int, max_tokens: int) -> dict[str, Samp
 def report(results: dict[str, Samples]) -> None:
     print(f"{'server':<18} {'tokens/s p50':>13} {'TTFT p50 (s)':>13} {'tokens/req':>11}")
     for name, s in results.items():
-        print(f"{name:<18} {statistics.median(s.rates):>13.1f} "
-              f"{statistics.median(s.ttft):>13.3f} {statistics.median(s.tokens):>11.0f}")
+        print(
+            f"{name:<18} {statistics.median(s.rates):>13.1f} "
+            f"{statistics.median(s.ttft):>13.3f} {statistics.median(s.tokens):>11.0f}"
+        )
     ours = results["bastion"]
     for name, s in results.items():
         if name == "bastion":
@@ -92,8 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     model_def = builtin_model("smollm2-135m-instruct")
     model = locate_package_file(model_def.package, model_def.file)
-    print(f"model {model.name}, {args.threads} threads, {args.requests} requests x "
-          f"{args.max_tokens} tokens, one client")
+    print(
+        f"model {model.name}, {args.threads} threads, {args.requests} requests x "
+        f"{args.max_tokens} tokens, one client"
+    )
     peers: list[Peer] = []
     try:
         peers.append(start_bastion(args.threads, slots=1, ctx_per_slot=args.ctx))

@@ -107,8 +107,9 @@ def test_error_after_first_chunk_is_an_error_event_then_done(engine_error_app: s
 
 def test_openai_sdk_raises_on_the_error_event(engine_error_app: str) -> None:
     client = openai.OpenAI(base_url=f"{engine_error_app}/v1", api_key="unused", max_retries=0)
-    stream = client.chat.completions.create(model="smollm2-135m-instruct", stream=True,
-                                            messages=[{"role": "user", "content": "hi"}])
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct", stream=True, messages=[{"role": "user", "content": "hi"}]
+    )
     received = []
     with pytest.raises(openai.APIError, match="the engine failed to decode"):
         received.extend(chunk.choices[0].delta.content for chunk in stream)
@@ -120,8 +121,9 @@ def test_unexpected_exception_text_never_reaches_the_client(crash_app: str) -> N
     assert "event: error" in lines
     assert lines[-1] == "data: [DONE]"
     assert not any(SECRET_DETAIL in line for line in lines)
-    plain = httpx.post(f"{crash_app}/v1/chat/completions",
-                       json={**BODY, "stream": False}, timeout=30)
+    plain = httpx.post(
+        f"{crash_app}/v1/chat/completions", json={**BODY, "stream": False}, timeout=30
+    )
     assert plain.status_code == 500
     assert SECRET_DETAIL not in plain.text
     assert set(plain.json()["error"]) == {"message", "type", "param", "code"}
