@@ -22,6 +22,10 @@ class BastionError(Exception):
         self.message = message
         self.param = param
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error calls for."""
+        return {}
+
     def envelope(self) -> dict[str, Any]:
         return {
             "error": {
@@ -73,6 +77,21 @@ class PayloadTooLargeError(BastionError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class TooManyRequestsError(BastionError):
+    """Every slot is busy and the wait queue is full; the client should retry later."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailableError(BastionError):

@@ -80,6 +80,12 @@ class EngineSettings(_Section):
     ctx_per_slot: int = Field(
         default=4096, ge=128, le=1_048_576, description="Context length of each slot in tokens."
     )
+    max_queue: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Requests that may wait for a slot; beyond them clients get 429.",
+    )
     batch_tokens: int = Field(
         default=512,
         ge=16,

@@ -32,7 +32,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(
-            home, settings.server.default_model, engine_factory or build_engine
+            home, settings.server.default_model, engine_factory or build_engine, settings.engine
         )
         registry.add(builtin_model(settings.server.default_model))
         app.state.registry = registry

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def error_response(error: BastionError) -> JSONResponse:
-    return JSONResponse(error.envelope(), status_code=error.status)
+    return JSONResponse(error.envelope(), status_code=error.status, headers=error.headers())
 
 
 async def send_error(send: Send, error: BastionError) -> None:

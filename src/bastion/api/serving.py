@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
 
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
-from bastion.engine import Chunk, Engine, TokenLogprob
+from bastion.engine import Chunk, TokenLogprob
 from bastion.errors import BastionError, EngineError
+from bastion.router import ServedModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,8 +67,8 @@ class _Meta:
     fingerprint: str
 
     @classmethod
-    def new(cls, prefix: str, engine: Engine) -> _Meta:
-        info = engine.info
+    def new(cls, prefix: str, model: ServedModel) -> _Meta:
+        info = model.info
         return cls(
             f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name, f"sha256:{info.digest}"
         )
@@ -197,9 +198,11 @@ async def _drain(iterator: AsyncIterator[Chunk]) -> list[Chunk]:
 # ---- chat completions --------------------------------------------------------------------
 
 
-async def complete_chat(engine: Engine, req: ChatCompletionRequest, receive: Receive) -> Response:
+async def complete_chat(
+    model: ServedModel, req: ChatCompletionRequest, receive: Receive
+) -> Response:
     params = req.to_generation_params()
-    meta = _Meta.new("chatcmpl", engine)
+    meta = _Meta.new("chatcmpl", model)
     with_logprobs = params.logprobs is not None
 
     def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -232,7 +235,7 @@ async def complete_chat(engine: Engine, req: ChatCompletionRequest, receive: Rec
         return {**meta.head("chat.completion"), "choices": [choice], "usage": _usage(last)}
 
     return await _run(
-        engine.generate(params),
+        model.generate(params),
         receive,
         stream=req.stream,
         include_usage=req.include_usage,
@@ -246,9 +249,9 @@ async def complete_chat(engine: Engine, req: ChatCompletionRequest, receive: Rec
 # ---- text completions --------------------------------------------------------------------
 
 
-async def complete_text(engine: Engine, req: CompletionRequest, receive: Receive) -> Response:
+async def complete_text(model: ServedModel, req: CompletionRequest, receive: Receive) -> Response:
     params = req.to_generation_params()
-    meta = _Meta.new("cmpl", engine)
+    meta = _Meta.new("cmpl", model)
     echo = req.prompt_text if req.echo else ""
     with_logprobs = params.logprobs is not None
     offset = len(echo)
@@ -278,7 +281,7 @@ async def complete_text(engine: Engine, req: CompletionRequest, receive: Receive
         return {**meta.head("text_completion"), "choices": [choice], "usage": _usage(last)}
 
     return await _run(
-        engine.generate(params),
+        model.generate(params),
         receive,
         stream=req.stream,
         include_usage=req.include_usage,

@@ -1,5 +1,6 @@
 """Model registry: a request's ``model`` -> the engine serving it."""
 
-from bastion.router.registry import ModelRegistry, ModelState
+from bastion.router.admission import Admission
+from bastion.router.registry import ModelRegistry, ModelState, ServedModel
 
-__all__ = ["ModelRegistry", "ModelState"]
+__all__ = ["Admission", "ModelRegistry", "ModelState", "ServedModel"]

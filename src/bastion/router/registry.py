@@ -10,16 +10,33 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bastion.catalog import ModelDef
-from bastion.engine import Engine
+from bastion.engine import Chunk, Engine, GenerationParams, ModelInfo
 from bastion.errors import BastionError, ModelLoadError, ModelNotFoundError, ServiceUnavailableError
+from bastion.router.admission import Admission
+from bastion.settings import EngineSettings
 from bastion.store.package import LocalModel, import_from_package, verify_local
 
 log = logging.getLogger(__name__)
+
+
+class ServedModel:
+    """An engine behind its admission queue: what routes talk to."""
+
+    def __init__(self, engine: Engine, admission: Admission) -> None:
+        self.engine = engine
+        self.admission = admission
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
+        return self.admission.run(self.engine.generate(params))
 
 
 class ModelState(enum.StrEnum):
@@ -38,16 +55,20 @@ class _Entry:
     model: ModelDef
     state: ModelState = ModelState.LOADING
     engine: Engine | None = None
+    served: ServedModel | None = None
     error: str | None = None
     load_seconds: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class ModelRegistry:
-    def __init__(self, home: Path, default_model: str, factory: EngineFactory) -> None:
+    def __init__(
+        self, home: Path, default_model: str, factory: EngineFactory, settings: EngineSettings
+    ) -> None:
         self._home = home
         self._default = default_model
         self._factory = factory
+        self._settings = settings
         self._entries: dict[str, _Entry] = {}
 
     @property
@@ -76,7 +97,9 @@ class ModelRegistry:
             entry.state, entry.error = ModelState.FAILED, "failed to load"
             log.exception("model %s failed to load", name)
             return
-        entry.engine, entry.state = engine, ModelState.READY
+        admission = Admission(self._settings.slots, self._settings.max_queue)
+        entry.engine, entry.served = engine, ServedModel(engine, admission)
+        entry.state = ModelState.READY
         entry.load_seconds = time.perf_counter() - started
         log.info("model %s ready (sha256 %s) in %.2fs", name, local.sha256, entry.load_seconds)
 
@@ -84,8 +107,8 @@ class ModelRegistry:
         tasks = [e.task for e in self._entries.values() if e.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def resolve(self, name: str | None) -> Engine:
-        """The engine serving ``name`` (the default model when None)."""
+    def resolve(self, name: str | None) -> ServedModel:
+        """The model serving ``name`` (the default model when None)."""
         entry = self._entries.get(name or self._default)
         if entry is None:
             raise ModelNotFoundError(
@@ -94,17 +117,17 @@ class ModelRegistry:
             )
         if entry.state is ModelState.LOADING:
             raise ServiceUnavailableError(f"The model '{entry.model.name}' is still loading.")
-        if entry.engine is None or entry.state is not ModelState.READY:
+        if entry.served is None or entry.state is not ModelState.READY:
             raise ModelLoadError(
                 f"The model '{entry.model.name}' is not available: {entry.error or 'stopped'}."
             )
-        return entry.engine
+        return entry.served
 
-    def served(self) -> list[Engine]:
+    def served(self) -> list[ServedModel]:
         return [
-            e.engine
+            e.served
             for e in self._entries.values()
-            if e.engine is not None and e.state is ModelState.READY
+            if e.served is not None and e.state is ModelState.READY
         ]
 
     def states(self) -> dict[str, dict[str, object]]:
@@ -127,4 +150,4 @@ class ModelRegistry:
         for entry in self._entries.values():
             if entry.engine is not None:
                 await entry.engine.close()
-            entry.state, entry.engine = ModelState.STOPPED, None
+            entry.state, entry.engine, entry.served = ModelState.STOPPED, None, None

@@ -47,15 +47,15 @@ async def parse_body(request: Request, model: type[M]) -> M:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    engine = _registry(request).resolve(body.model)
-    return await serving.complete_chat(engine, body, request.receive)
+    model = _registry(request).resolve(body.model)
+    return await serving.complete_chat(model, body, request.receive)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    engine = _registry(request).resolve(body.model)
-    return await serving.complete_text(engine, body, request.receive)
+    model = _registry(request).resolve(body.model)
+    return await serving.complete_text(model, body, request.receive)
 
 
 def _model_card(name: str, created: int, digest: str, context_length: int) -> dict[str, Any]:
@@ -80,8 +80,8 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/v1/models/{name}")
 async def get_model(request: Request, name: str) -> JSONResponse:
-    for engine in _registry(request).served():
-        info = engine.info
+    for served in _registry(request).served():
+        info = served.info
         if info.name == name:
             return JSONResponse(
                 _model_card(info.name, info.created, info.digest, info.context_length)

@@ -1,0 +1,51 @@
+"""Admission in front of an engine: a bounded wait queue, then 429.
+
+The engine runs up to ``capacity`` sequences at once and keeps later requests in FIFO order;
+admission bounds how many may wait. A request is counted from before tokenisation until its
+last chunk, so a stream holds its place for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator
+
+from bastion.engine import Chunk
+from bastion.errors import TooManyRequestsError
+
+
+class Admission:
+    def __init__(self, capacity: int, max_waiting: int) -> None:
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.in_flight = 0
+        self._mean_seconds = 1.0
+        """Moving average of how long a request holds its place."""
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.in_flight - self.capacity)
+
+    async def run(self, chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+        """Pass ``chunks`` through while holding a place; refuse when the queue is full."""
+        if self.in_flight >= self.capacity + self.max_waiting:
+            await chunks.aclose()
+            raise TooManyRequestsError(
+                f"All {self.capacity} slots are busy and {self.waiting} requests are waiting; "
+                "retry later.",
+                retry_after=self.retry_after(),
+            )
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.in_flight -= 1
+            self._mean_seconds += 0.2 * (time.monotonic() - started - self._mean_seconds)
+            await chunks.aclose()
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely free: one slot's share of the queue ahead."""
+        return max(1, math.ceil(self._mean_seconds * (self.waiting + 1) / self.capacity))
