@@ -75,14 +75,28 @@ class EngineSettings(_Section):
         default=0, ge=0, le=512, description="llama.cpp threads; 0 uses every core."
     )
     slots: int = Field(
-        default=4, ge=1, le=64, description="Sequences decoded together (continuous batching)."
+        default=4,
+        ge=1,
+        le=256,
+        description="Requests decoded together in one batch, each in its own KV sequence "
+        "of ctx_per_slot tokens (continuous batching).",
     )
     ctx_per_slot: int = Field(
-        default=4096, ge=128, le=1_048_576, description="Context length of each slot in tokens."
+        default=4096,
+        ge=128,
+        le=1_048_576,
+        description="Most tokens (prompt + completion) one request may use.",
+    )
+    time_slice: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=3600.0,
+        description="When requests wait and every slot is busy, a stream that has run this "
+        "many seconds is paused (its KV saved) so a waiting one can start; 0 never pauses.",
     )
     max_queue: int = Field(
         default=64,
-        ge=0,
+        ge=1,
         le=100_000,
         description="Requests that may wait for a slot; beyond them clients get 429.",
     )
@@ -91,6 +105,13 @@ class EngineSettings(_Section):
         ge=16,
         le=65_536,
         description="Most tokens decoded in one step; long prompts are prefilled in chunks.",
+    )
+    prefill_chunk: int = Field(
+        default=128,
+        ge=1,
+        le=65_536,
+        description="Most prompt tokens per step while other requests are streaming, so a "
+        "long prompt delays their next token only briefly.",
     )
 
     def resolved_threads(self) -> int:

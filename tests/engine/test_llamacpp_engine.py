@@ -161,3 +161,121 @@ def test_frequency_penalty_changes_a_repetitive_continuation(engine: LlamaCppEng
         sampling=SamplingParams(temperature=0.0, frequency_penalty=2.0, presence_penalty=2.0),
     )
     assert plain != penalised
+
+
+def test_seeded_sampling_is_reproducible_under_batching(engine: LlamaCppEngine) -> None:
+    seeded = GenerationParams(
+        prompt="Write a word:", max_tokens=30, sampling=SamplingParams(temperature=1.0, seed=77)
+    )
+    alone, _ = run(engine, prompt=seeded.prompt, max_tokens=30, sampling=seeded.sampling)
+
+    async def batched() -> str:
+        others = [
+            GenerationParams(
+                prompt=f"Story {i}:", max_tokens=30, sampling=SamplingParams(temperature=1.0)
+            )
+            for i in range(3)
+        ]
+        results = await asyncio.gather(
+            collect(engine, seeded), *(collect(engine, p) for p in others)
+        )
+        return "".join(c.text for c in results[0])
+
+    assert asyncio.run(batched()) == alone
+
+
+def test_cancelling_one_stream_does_not_disturb_the_others(engine: LlamaCppEngine) -> None:
+    prompts = ["The sky is", "Python is a"]
+    alone = [run(engine, prompt=p, sampling=GREEDY, max_tokens=40)[0] for p in prompts]
+
+    async def scenario() -> list[str]:
+        doomed = engine.generate(
+            GenerationParams(prompt="Once upon a time", sampling=GREEDY, max_tokens=500)
+        )
+        survivors = [
+            asyncio.create_task(
+                collect(engine, GenerationParams(prompt=p, sampling=GREEDY, max_tokens=40))
+            )
+            for p in prompts
+        ]
+        for _ in range(5):
+            await anext(doomed)
+        await doomed.aclose()
+        return ["".join(c.text for c in chunks) for chunks in await asyncio.gather(*survivors)]
+
+    assert asyncio.run(scenario()) == alone
+
+
+def test_a_repeated_prompt_reuses_the_cached_prefix(engine: LlamaCppEngine) -> None:
+    system = "You are a terse assistant who answers in one line. " * 8
+    first = asyncio.run(
+        collect(
+            engine,
+            GenerationParams(
+                prompt=system + "Question: what is red?", sampling=GREEDY, max_tokens=8
+            ),
+        )
+    )
+    second = asyncio.run(
+        collect(
+            engine,
+            GenerationParams(
+                prompt=system + "Question: what is blue?", sampling=GREEDY, max_tokens=8
+            ),
+        )
+    )
+    assert first[-1].cached_tokens < second[-1].cached_tokens
+    assert second[-1].cached_tokens >= 60  # the shared system prompt was not recomputed
+    again = asyncio.run(
+        collect(
+            engine,
+            GenerationParams(
+                prompt=system + "Question: what is red?", sampling=GREEDY, max_tokens=8
+            ),
+        )
+    )
+    assert "".join(c.text for c in again) == "".join(c.text for c in first)
+
+
+@pytest.fixture(scope="module")
+def one_slot(smollm2_file: Path) -> Iterator[LlamaCppEngine]:
+    eng = LlamaCppEngine(
+        "smollm2",
+        smollm2_file,
+        "0" * 64,
+        EngineSettings(threads=2, slots=1, ctx_per_slot=CTX, time_slice=0.2),
+    )
+    asyncio.run(eng.start())
+    yield eng
+    asyncio.run(eng.close())
+
+
+def test_time_slicing_starts_waiting_requests_before_running_ones_end(
+    one_slot: LlamaCppEngine,
+) -> None:
+    count = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    long_alone, _ = run(one_slot, prompt=count, sampling=GREEDY, max_tokens=200)
+    events: list[str] = []
+
+    async def stream(name: str, params: GenerationParams) -> str:
+        text = []
+        async for chunk in one_slot.generate(params):
+            if not text:
+                events.append(f"{name} first")
+            text.append(chunk.text)
+        events.append(f"{name} done")
+        return "".join(text)
+
+    async def scenario() -> list[str]:
+        long = asyncio.create_task(
+            stream("long", GenerationParams(prompt=count, sampling=GREEDY, max_tokens=200))
+        )
+        await asyncio.sleep(0.3)
+        short = asyncio.create_task(
+            stream("short", GenerationParams(prompt="Hello", sampling=GREEDY, max_tokens=5))
+        )
+        return list(await asyncio.gather(long, short))
+
+    long_text, _ = asyncio.run(scenario())
+    assert events.index("short first") < events.index("long done")
+    assert long_text == long_alone  # paused and resumed bit for bit

@@ -18,9 +18,9 @@ async def held(gate: asyncio.Event) -> AsyncGenerator[Chunk, None]:
     yield Chunk("x", 1, 1, finish_reason="stop")
 
 
-def test_requests_beyond_slots_plus_queue_get_429_with_retry_after() -> None:
+def test_requests_beyond_running_plus_queue_get_429_with_retry_after() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=2, max_waiting=1)
+        admission = Admission(lambda: 2, max_waiting=1)  # the engine runs two at a time
         gate = asyncio.Event()
         runs = [admission.run(held(gate)) for _ in range(3)]
         tasks = [asyncio.create_task(anext(run)) for run in runs]
@@ -43,18 +43,19 @@ def test_requests_beyond_slots_plus_queue_get_429_with_retry_after() -> None:
 
 def test_a_refused_request_does_not_take_a_place() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=1, max_waiting=0)
+        admission = Admission(lambda: min(admission.in_flight, 1), max_waiting=1)
         gate = asyncio.Event()
-        first = admission.run(held(gate))
-        task = asyncio.create_task(anext(first))
+        runs = [admission.run(held(gate)) for _ in range(2)]  # one runs, one waits
+        tasks = [asyncio.create_task(anext(run)) for run in runs]
         await asyncio.sleep(0)
         for _ in range(3):
             with pytest.raises(TooManyRequestsError):
                 await anext(admission.run(held(gate)))
-        assert admission.in_flight == 1
+        assert admission.in_flight == 2
         gate.set()
-        await task
-        await first.aclose()
+        await asyncio.gather(*tasks)
+        for run in runs:
+            await run.aclose()
         assert admission.in_flight == 0
 
     asyncio.run(scenario())

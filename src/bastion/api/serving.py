@@ -83,11 +83,12 @@ class _Meta:
         }
 
 
-def _usage(last: Chunk) -> dict[str, int]:
+def _usage(last: Chunk) -> dict[str, Any]:
     return {
         "prompt_tokens": last.prompt_tokens,
         "completion_tokens": last.completion_tokens,
         "total_tokens": last.prompt_tokens + last.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
     }
 
 

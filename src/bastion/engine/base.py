@@ -71,6 +71,8 @@ class Chunk:
     completion_tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
+    cached_tokens: int = 0
+    """Prompt tokens whose KV was reused from the prefix cache instead of computed."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def running(self) -> int:
+        """Generations in progress (for admission: the rest are waiting)."""
+        ...
 
     async def start(self) -> None:
         """Load the model; raises ``ModelLoadError`` when it cannot be served."""

@@ -1,23 +1,23 @@
 """Admission in front of an engine: a bounded wait queue, then 429.
 
-The engine runs up to ``capacity`` sequences at once and keeps later requests in FIFO order;
-admission bounds how many may wait. A request is counted from before tokenisation until its
-last chunk, so a stream holds its place for as long as it runs.
+The engine runs as many sequences as its KV cache and batch allow and keeps later requests in
+FIFO order; admission bounds how many may wait. A request counts from before tokenisation until
+its last chunk; those the engine is not running yet are the ones waiting.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from bastion.engine import Chunk
 from bastion.errors import TooManyRequestsError
 
 
 class Admission:
-    def __init__(self, capacity: int, max_waiting: int) -> None:
-        self.capacity = capacity
+    def __init__(self, running: Callable[[], int], max_waiting: int) -> None:
+        self._running = running
         self.max_waiting = max_waiting
         self.in_flight = 0
         self._mean_seconds = 1.0
@@ -25,15 +25,15 @@ class Admission:
 
     @property
     def waiting(self) -> int:
-        return max(0, self.in_flight - self.capacity)
+        return max(0, self.in_flight - self._running())
 
     async def run(self, chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
         """Pass ``chunks`` through while holding a place; refuse when the queue is full."""
-        if self.in_flight >= self.capacity + self.max_waiting:
+        if self.waiting >= self.max_waiting:
             await chunks.aclose()
             raise TooManyRequestsError(
-                f"All {self.capacity} slots are busy and {self.waiting} requests are waiting; "
-                "retry later.",
+                f"The server is busy: {self._running()} requests are running and "
+                f"{self.waiting} are waiting. Retry later.",
                 retry_after=self.retry_after(),
             )
         self.in_flight += 1
@@ -48,4 +48,5 @@ class Admission:
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: one slot's share of the queue ahead."""
-        return max(1, math.ceil(self._mean_seconds * (self.waiting + 1) / self.capacity))
+        running = max(1, self._running())
+        return max(1, math.ceil(self._mean_seconds * (self.waiting + 1) / running))

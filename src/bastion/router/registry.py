@@ -97,7 +97,7 @@ class ModelRegistry:
             entry.state, entry.error = ModelState.FAILED, "failed to load"
             log.exception("model %s failed to load", name)
             return
-        admission = Admission(self._settings.slots, self._settings.max_queue)
+        admission = Admission(lambda: engine.running, self._settings.max_queue)
         entry.engine, entry.served = engine, ServedModel(engine, admission)
         entry.state = ModelState.READY
         entry.load_seconds = time.perf_counter() - started

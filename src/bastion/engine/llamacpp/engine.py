@@ -3,12 +3,18 @@
 One thread owns the llama.cpp context. Requests enter through an inbox queue and each carries
 its own asyncio output queue (chunks, then ``None``; an exception travels the same way). Every
 step decodes one batch holding the next token of each running sequence plus a bounded chunk of
-newcomers' prompts, each sequence in its own KV-cache sequence id (one per slot).
+newcomers' prompts. Each running request has a slot: its own KV sequence (see ``scheduler``).
+
+When requests wait and every slot is busy, the stream that has run longest past
+``engine.time_slice`` is paused: its KV state is copied out, its slot goes to the next in line,
+and it rejoins the back of the queue, resuming bit-for-bit where it stopped. Nobody waits for a
+whole stream to end before their first token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
@@ -26,6 +32,7 @@ from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo
 from bastion.engine.chat_template import CHATML, ChatTemplate
 from bastion.engine.llamacpp.model import LlamaModel
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
+from bastion.engine.llamacpp.scheduler import Slot, choose_slot
 from bastion.engine.stops import StopBuffer, Utf8Stream
 from bastion.errors import (
     BastionError,
@@ -59,18 +66,23 @@ class _Request:
 
 
 @dataclass(eq=False)
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)
-    """Tokens whose keys and values are in this slot's KV sequence, in position order."""
-    last_used: float = 0.0
+class _Paused:
+    """A sequence's KV state while it has no slot."""
+
+    state: ctypes.Array[ctypes.c_uint8]
+    tokens: list[int]
 
 
 @dataclass(eq=False)
 class _Sequence:
     request: _Request
-    slot: _Slot
+    slot: Slot
     sampler: SamplerChain
+    started: float
+    """When the sequence last got its slot (for time slicing)."""
+    reused: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
+    paused: _Paused | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
     generated: int = 0
@@ -98,6 +110,7 @@ class LlamaCppEngine:
         self._model: LlamaModel | None = None
         self._template: ChatTemplate | None = None
         self._ctx_per_slot = 0
+        self._running = 0
         self._created = int(time.time())
 
     # ---- lifecycle (event-loop side) -------------------------------------------------
@@ -120,6 +133,11 @@ class LlamaCppEngine:
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self._load_error is None and not self._closed
+
+    @property
+    def running(self) -> int:
+        """Sequences being decoded now (read from the event loop; written by the engine)."""
+        return self._running
 
     @property
     def info(self) -> ModelInfo:
@@ -208,6 +226,8 @@ class LlamaCppEngine:
         params.n_seq_max = settings.slots
         params.n_batch = params.n_ubatch = max(settings.batch_tokens, settings.slots)
         params.n_threads = params.n_threads_batch = settings.resolved_threads()
+        # A KV stream per slot: attention over a sequence never mixes in other sequences'
+        # cells, so the same request gives the same text alone or batched.
         params.kv_unified = False
         params.no_perf = True
         ctx = ll.llama_init_from_model(model.ptr, params)
@@ -218,7 +238,7 @@ class LlamaCppEngine:
         self._ctx_per_slot = min(ctx_per_slot, int(ll.llama_n_ctx_seq(ctx)))
         self._n_batch = int(params.n_batch)
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
-        self._slots = [_Slot(seq_id=i) for i in range(settings.slots)]
+        self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
         self._template = ChatTemplate(
             model.chat_template() or CHATML, bos_token=model.bos_text, eos_token=model.eos_text
         )
@@ -249,49 +269,123 @@ class LlamaCppEngine:
 
     def _loop(self) -> None:
         running: list[_Sequence] = []
-        stopping = False
+        queue_: collections.deque[_Request | _Sequence] = collections.deque()
         while True:
-            if not stopping:
-                stopping = self._admit(running)
+            stopping = self._receive(queue_, block=not running and not queue_)
             if stopping:
+                error = ServiceUnavailableError("the server is shutting down")
                 for seq in running:
-                    self._finish_with_error(
-                        seq, ServiceUnavailableError("the server is shutting down")
-                    )
-                running.clear()
-                self._fail_queued()
+                    self._finish_with_error(seq, error)
+                for item in queue_:
+                    _request_of(item).send(error)
+                self._fail_queued(error)
                 return
             running[:] = [s for s in running if not self._drop_if_cancelled(s)]
+            self._admit(queue_, running)
+            self._time_slice(queue_, running)
+            self._running = len(running)
             if running:
                 self._step(running)
+                self._running = len(running)
 
-    def _admit(self, running: list[_Sequence]) -> bool:
-        """Start queued requests on free slots; block only while nothing is running."""
-        while len(running) < len(self._slots):
-            try:
-                request = self._inbox.get(block=not running)
-            except queue.Empty:
-                return False
-            if request is None:
-                return True
-            if request.cancelled:
+    def _receive(self, queue_: collections.deque[_Request | _Sequence], *, block: bool) -> bool:
+        """Move new requests from the inbox to the run queue; True when asked to stop."""
+        try:
+            item = self._inbox.get(block=block)
+            while True:
+                if item is None:
+                    return True
+                queue_.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return False
+
+    def _admit(
+        self, queue_: collections.deque[_Request | _Sequence], running: list[_Sequence]
+    ) -> None:
+        """Give free slots to the run queue in FIFO order: new requests and paused streams."""
+        while queue_:
+            item = queue_[0]
+            if _request_of(item).cancelled:
+                queue_.popleft()
+                if isinstance(item, _Sequence):
+                    self._drop_if_cancelled(item)
                 continue
-            running.append(self._start(request, running))
-        return False
+            if isinstance(item, _Sequence):
+                assert item.paused is not None  # noqa: S101 - only paused sequences queue
+                choice = choose_slot(self._slots, item.paused.tokens)
+            else:
+                choice = choose_slot(self._slots, item.prompt)
+            if choice is None:
+                return
+            queue_.popleft()
+            slot, keep = choice
+            if not isinstance(item, _Sequence):
+                running.append(self._start(item, slot, keep))
+            elif self._resume(item, slot):
+                running.append(item)
 
-    def _start(self, request: _Request, running: list[_Sequence]) -> _Sequence:
-        busy = {id(s.slot) for s in running}
-        free = [slot for slot in self._slots if id(slot) not in busy]
-        slot = max(free, key=lambda s: (_common_prefix(s.cached, request.prompt), -s.last_used))
-        keep = min(_common_prefix(slot.cached, request.prompt), len(request.prompt) - 1)
+    def _start(self, request: _Request, slot: Slot, keep: int) -> _Sequence:
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             keep = 0
         del slot.cached[keep:]
+        slot.busy = True
         assert self._model is not None  # noqa: S101
         sampler = SamplerChain(request.params.sampling, self._model.n_vocab)
         sampler.prime(request.prompt)
-        return _Sequence(request, slot, sampler, stops=StopBuffer(request.params.stop))
+        stops = StopBuffer(request.params.stop)
+        return _Sequence(request, slot, sampler, time.monotonic(), reused=keep, stops=stops)
+
+    def _time_slice(
+        self, queue_: collections.deque[_Request | _Sequence], running: list[_Sequence]
+    ) -> None:
+        """Pause the longest-running streams past their time slice while others wait."""
+        limit = self._settings.time_slice
+        waiting = sum(1 for item in queue_ if not _request_of(item).cancelled)
+        if not limit or not waiting:
+            return
+        now = time.monotonic()
+        due = sorted(
+            (s for s in running if not s.prefilling and now - s.started >= limit),
+            key=lambda s: s.started,
+        )
+        for seq in due[:waiting]:
+            self._pause(seq)
+            running.remove(seq)
+            queue_.append(seq)
+        if due:
+            self._admit(queue_, running)
+
+    def _pause(self, seq: _Sequence) -> None:
+        slot = seq.slot
+        size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
+        state = (ctypes.c_uint8 * size)()
+        ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id)
+        seq.paused = _Paused(state, list(slot.cached))
+        ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.cached.clear()
+        slot.busy, slot.last_used = False, time.monotonic()
+        log.debug(
+            "paused after %d tokens (%d bytes of KV)",
+            seq.generated,
+            size,
+            extra={"request_id": seq.request.request_id},
+        )
+
+    def _resume(self, seq: _Sequence, slot: Slot) -> bool:
+        paused = seq.paused
+        assert paused is not None  # noqa: S101 - only paused sequences are queued
+        ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        restored = ll.llama_state_seq_set_data(
+            self._ctx, paused.state, len(paused.state), slot.seq_id
+        )
+        slot.cached[:] = paused.tokens if restored else []
+        slot.busy = True
+        seq.slot, seq.paused, seq.started = slot, None, time.monotonic()
+        if not restored:
+            self._finish_with_error(seq, EngineError("the engine could not resume a stream"))
+        return bool(restored)
 
     def _add(self, token: int, pos: int, seq_id: int, *, logits: bool) -> int:
         batch = self._batch
@@ -314,7 +408,11 @@ class LlamaCppEngine:
                     seq.next_token, len(cached), seq.slot.seq_id, logits=True
                 )
                 cached.append(seq.next_token)
-        budget = self._n_batch - int(self._batch.n_tokens)
+        decoding = int(self._batch.n_tokens)
+        # While others stream, a long prompt advances in small chunks so their next token
+        # comes soon; alone, it prefills at full batch size.
+        prefill = self._settings.prefill_chunk if decoding else self._n_batch
+        budget = min(self._n_batch - decoding, prefill)
         for seq in running:
             if budget <= 0:
                 break
@@ -335,9 +433,9 @@ class LlamaCppEngine:
                 "llama_decode returned %d for a batch of %d tokens", status, self._batch.n_tokens
             )
             for seq in running:
+                self._finish_with_error(seq, EngineError("the engine failed to decode"))
                 ll.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
                 seq.slot.cached.clear()
-                self._finish_with_error(seq, EngineError("the engine failed to decode"))
             running.clear()
             return
         running[:] = [seq for seq in running if not self._advance(seq)]
@@ -368,7 +466,9 @@ class LlamaCppEngine:
             return self._finish(seq, text + self._drain(seq), logprobs, "length")
         seq.next_token = token
         if text or logprobs:
-            request.send(Chunk(text, len(request.prompt), seq.generated, logprobs))
+            request.send(
+                Chunk(text, len(request.prompt), seq.generated, logprobs, cached_tokens=seq.reused)
+            )
         return False
 
     def _drain(self, seq: _Sequence) -> str:
@@ -380,7 +480,7 @@ class LlamaCppEngine:
         self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
     ) -> bool:
         request = seq.request
-        request.send(Chunk(text, len(request.prompt), seq.generated, logprobs, reason))
+        request.send(Chunk(text, len(request.prompt), seq.generated, logprobs, reason, seq.reused))
         request.send(None)
         self._free(seq)
         return True
@@ -403,22 +503,21 @@ class LlamaCppEngine:
         return True
 
     def _free(self, seq: _Sequence) -> None:
+        """Release the slot at once; its KV stays as a prefix cache for the next request."""
         seq.sampler.close()
-        seq.slot.last_used = time.monotonic()
+        if seq.paused is None:
+            seq.slot.busy, seq.slot.last_used = False, time.monotonic()
+        seq.paused = None
 
-    def _fail_queued(self) -> None:
+    def _fail_queued(self, error: BastionError) -> None:
         while True:
             try:
                 request = self._inbox.get_nowait()
             except queue.Empty:
                 return
             if request is not None:
-                request.send(ServiceUnavailableError("the server is shutting down"))
+                request.send(error)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+def _request_of(item: _Request | _Sequence) -> _Request:
+    return item.request if isinstance(item, _Sequence) else item

@@ -1,0 +1,92 @@
+"""Streaming clients for the benchmarks: one request, or N concurrent clients."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+# Greedy counting runs to max_tokens on every server, so each request decodes the same tokens.
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Stream:
+    ttft: float
+    """Seconds from sending the request to the first token."""
+    seconds: float
+    """Seconds from sending the request to the last token."""
+    tokens: int
+
+
+def stream_once(
+    client: httpx.Client, base_url: str, max_tokens: int, prompt: str = PROMPT
+) -> Stream:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True}
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    with client.stream("POST", f"{base_url}/v1/completions", json=body, timeout=600) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("text"):
+                last = time.perf_counter()
+                tokens += 1
+                if tokens == 1:
+                    first = last
+    return Stream(first - started, last - started, tokens)
+
+
+@dataclass
+class Sweep:
+    """Results of ``clients`` concurrent clients, each sending ``rounds`` requests in a row."""
+
+    clients: int
+    wall: float = 0.0
+    streams: list[Stream] = field(default_factory=list)
+    failures: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(s.tokens for s in self.streams) / self.wall
+
+    def ttft(self, q: float) -> float:
+        values = sorted(s.ttft for s in self.streams)
+        if len(values) == 1:
+            return values[0]
+        return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def run_clients(base_url: str, clients: int, rounds: int, max_tokens: int) -> Sweep:
+    sweep = Sweep(clients)
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client() as client:
+            for _ in range(rounds):
+                try:
+                    result = stream_once(client, base_url, max_tokens)
+                except httpx.HTTPError:
+                    with lock:
+                        sweep.failures += 1
+                    continue
+                with lock:
+                    sweep.streams.append(result)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sweep.wall = time.perf_counter() - started
+    return sweep

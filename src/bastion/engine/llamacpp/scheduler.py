@@ -1,0 +1,45 @@
+"""Which KV sequence a request runs in: pure bookkeeping, no llama.cpp calls.
+
+Each slot is one llama.cpp sequence id with its own ``ctx_per_slot`` cells (a separate KV
+stream, so a sequence's numbers never depend on what else is in the batch). A slot whose
+request finished keeps its tokens' keys and values as a prefix cache: a newcomer takes the idle
+slot that already holds the longest prefix of its prompt and computes only the rest (a growing
+multi-turn chat, a shared system prompt). Ties go to the least recently used slot, so the
+freshest caches survive longest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Slot:
+    """One llama.cpp sequence id and the tokens whose KV it holds, in position order."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    busy: bool = False
+    last_used: float = 0.0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def choose_slot(slots: Sequence[Slot], prompt: Sequence[int]) -> tuple[Slot, int] | None:
+    """The idle slot for ``prompt`` and how many of its tokens are already cached there.
+
+    At least the last prompt token is always left to compute: its logits give the first
+    sampled token. None when every slot is busy.
+    """
+    idle = [s for s in slots if not s.busy]
+    if not idle:
+        return None
+    best = max(idle, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+    return best, min(common_prefix(best.cached, prompt), len(prompt) - 1)

@@ -1,0 +1,33 @@
+"""Slot choice: the longest cached prefix wins, ties go to the least recently used slot."""
+
+from __future__ import annotations
+
+from bastion.engine.llamacpp.scheduler import Slot, choose_slot, common_prefix
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def test_picks_the_idle_slot_holding_the_longest_prefix() -> None:
+    slots = [Slot(0, [1, 2], last_used=1), Slot(1, [1, 2, 3, 4], last_used=2), Slot(2)]
+    slot, keep = choose_slot(slots, [1, 2, 3, 4, 5, 6])  # type: ignore[misc]
+    assert slot.seq_id == 1
+    assert keep == 4
+
+
+def test_the_last_prompt_token_is_always_recomputed() -> None:
+    slots = [Slot(0, [7, 8, 9])]
+    assert choose_slot(slots, [7, 8, 9]) == (slots[0], 2)
+
+
+def test_busy_slots_are_never_chosen_and_ties_go_to_the_least_recently_used() -> None:
+    slots = [Slot(0, [1, 2, 3], busy=True), Slot(1, [5], last_used=9), Slot(2, [6], last_used=3)]
+    slot, keep = choose_slot(slots, [1, 2, 3, 4])  # type: ignore[misc]
+    assert (slot.seq_id, keep) == (2, 0)
+
+
+def test_none_when_every_slot_is_busy() -> None:
+    assert choose_slot([Slot(0, busy=True)], [1, 2]) is None
