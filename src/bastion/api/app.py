@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from bastion.api.errors import install_handlers
 from bastion.api.middleware.body_limit import BodyLimitMiddleware
 from bastion.api.middleware.request_id import RequestIdMiddleware
-from bastion.api.routes import openai, ops
+from bastion.api.routes import admin, openai, ops
 from bastion.catalog import builtin_model
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
@@ -46,6 +46,7 @@ def create_app(
     install_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     # Added last = outermost: the request id exists before anything else runs.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

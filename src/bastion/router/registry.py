@@ -131,10 +131,19 @@ class ModelRegistry:
         ]
 
     def states(self) -> dict[str, dict[str, object]]:
-        return {
-            name: {"state": e.state.value, "error": e.error, "load_seconds": e.load_seconds}
-            for name, e in self._entries.items()
-        }
+        """Per model: state, load error and time, and (when served) running and waiting."""
+        out: dict[str, dict[str, object]] = {}
+        for name, entry in self._entries.items():
+            state: dict[str, object] = {
+                "state": entry.state.value,
+                "error": entry.error,
+                "load_seconds": entry.load_seconds,
+            }
+            if entry.served is not None:
+                state["running"] = entry.served.engine.running
+                state["waiting"] = entry.served.admission.waiting
+            out[name] = state
+        return out
 
     @property
     def ready(self) -> bool:
