@@ -27,8 +27,13 @@ class Stream:
 def stream_once(
     client: httpx.Client, base_url: str, max_tokens: int, prompt: str = PROMPT
 ) -> Stream:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     started = time.perf_counter()
     first = last = 0.0
     tokens = 0
@@ -54,6 +59,15 @@ class Sweep:
     wall: float = 0.0
     streams: list[Stream] = field(default_factory=list)
     failures: int = 0
+
+    def merge(self, other: Sweep) -> Sweep:
+        """Two measurements of the same load taken as one."""
+        return Sweep(
+            self.clients,
+            self.wall + other.wall,
+            self.streams + other.streams,
+            self.failures + other.failures,
+        )
 
     @property
     def tokens_per_second(self) -> float:

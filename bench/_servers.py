@@ -73,10 +73,13 @@ def _wait(peer: Peer, path: str, timeout: float = 180) -> Peer:
     raise RuntimeError(f"{peer.name} did not become ready")
 
 
-def start_bastion(threads: int, slots: int, ctx_per_slot: int) -> Peer:
+def start_bastion(
+    threads: int, slots: int, ctx_per_slot: int, extra_env: dict[str, str] | None = None
+) -> Peer:
     home = tempfile.mkdtemp(prefix="bastion-bench-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
     env["BASTION_HOME"] = home
+    env.update(extra_env or {})
     port = free_port()
     peer = _spawn(
         "bastion",

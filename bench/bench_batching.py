@@ -1,8 +1,9 @@
 """Concurrency sweep: aggregate tokens/s and time to first token at 1, 2, 4, 8 clients.
 
 bastion (continuous batching, N slots) against llama-cpp-python's server and, when a binary
-is given, llama-server with as many slots; same model, same threads, same run. Servers are
-measured one after another at each concurrency so they never compete for the cores.
+is given, llama-server with as many slots; same model, same threads, same run. Each server runs
+alone while it is measured, in the order A B C C B A, so they never compete for the cores and
+drift in machine speed hits them alike.
 
     .venv/bin/python bench/bench_batching.py [--clients 1,2,4,8] [--slots 4] [--rounds 2]
         [--max-tokens 128] [--threads 2] [--llama-server PATH] [--skip-llama-cpp-python]
@@ -11,6 +12,7 @@ measured one after another at each concurrency so they never compete for the cor
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from _load import Sweep, run_clients
@@ -29,49 +31,70 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--llama-server", type=Path)
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
+    parser.add_argument(
+        "--bastion-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for bastion (e.g. BASTION_ENGINE__TIME_SLICE=0)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     model_def = builtin_model("smollm2-135m-instruct")
     model = locate_package_file(model_def.package, model_def.file)
-    print(f"model {model.name}, {args.threads} threads, {args.slots} slots, "
-          f"{args.rounds} requests x {args.max_tokens} tokens per client")
-    peers: list[Peer] = []
-    try:
-        peers.append(start_bastion(args.threads, args.slots, args.ctx))
-        if not args.skip_llama_cpp_python:
-            peers.append(start_llama_cpp_python(model, args.threads, args.ctx))
-        if args.llama_server:
-            peers.append(start_llama_server(args.llama_server, model, args.threads,
-                                            args.slots, args.ctx))
-        for peer in peers:
+    extra = dict(item.split("=", 1) for item in args.bastion_env)
+    starters: dict[str, Callable[[], Peer]] = {
+        "bastion": lambda: start_bastion(args.threads, args.slots, args.ctx, extra)
+    }
+    if not args.skip_llama_cpp_python:
+        starters["llama-cpp-python"] = lambda: start_llama_cpp_python(model, args.threads, args.ctx)
+    if args.llama_server:
+        starters["llama-server"] = lambda: start_llama_server(
+            args.llama_server, model, args.threads, args.slots, args.ctx
+        )
+    print(
+        f"model {model.name}, {args.threads} threads, {args.slots} slots, "
+        f"{args.rounds} requests x {args.max_tokens} tokens per client"
+    )
+    # Each server runs alone (an idle peer must not take the cores from the measured one),
+    # in the order A B C C B A so that drift in machine speed hits every server alike.
+    results: dict[int, dict[str, Sweep]] = {n: {} for n in levels}
+    for name in [*starters, *reversed(starters)]:
+        peer = starters[name]()
+        try:
             run_clients(peer.base_url, 1, 1, 8)  # warm-up
-        results: dict[int, dict[str, Sweep]] = {}
-        for clients in levels:
-            results[clients] = {p.name: run_clients(p.base_url, clients, args.rounds,
-                                                    args.max_tokens) for p in peers}
-        report(results)
-    finally:
-        for peer in peers:
+            for clients in levels:
+                sweep = run_clients(peer.base_url, clients, args.rounds, args.max_tokens)
+                results[clients][name] = (
+                    results[clients][name].merge(sweep) if (name in results[clients]) else sweep
+                )
+        finally:
             peer.stop()
+    report(results)
 
 
 def report(results: dict[int, dict[str, Sweep]]) -> None:
-    print(f"{'clients':>7} {'server':<18} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} "
-          f"{'failed':>6}")
+    print(
+        f"{'clients':>7} {'server':<18} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'failed':>6}"
+    )
     for clients, by_peer in results.items():
         for name, sweep in by_peer.items():
-            print(f"{clients:>7} {name:<18} {sweep.tokens_per_second:>8.1f} "
-                  f"{sweep.ttft(0.5):>9.3f} {sweep.ttft(0.95):>9.3f} {sweep.failures:>6}")
+            print(
+                f"{clients:>7} {name:<18} {sweep.tokens_per_second:>8.1f} "
+                f"{sweep.ttft(0.5):>9.3f} {sweep.ttft(0.95):>9.3f} {sweep.failures:>6}"
+            )
     print()
     for clients, by_peer in results.items():
         ours = by_peer["bastion"]
         for name, sweep in by_peer.items():
             if name == "bastion":
                 continue
-            print(f"{clients} clients, bastion vs {name}: tokens/s "
-                  f"{ours.tokens_per_second / sweep.tokens_per_second:.2f}x, TTFT p50 "
-                  f"{sweep.ttft(0.5) / ours.ttft(0.5):.2f}x faster, p95 "
-                  f"{sweep.ttft(0.95) / ours.ttft(0.95):.2f}x faster")
+            print(
+                f"{clients} clients, bastion vs {name}: tokens/s "
+                f"{ours.tokens_per_second / sweep.tokens_per_second:.2f}x, TTFT p50 "
+                f"{sweep.ttft(0.5) / ours.ttft(0.5):.2f}x faster, p95 "
+                f"{sweep.ttft(0.95) / ours.ttft(0.95):.2f}x faster"
+            )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class FailingEngine:
     def ready(self) -> bool:
         return True
 
+    @property
+    def running(self) -> int:
+        return 0
+
     async def start(self) -> None:
         return None
 

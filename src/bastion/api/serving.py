@@ -92,6 +92,22 @@ def _usage(last: Chunk) -> dict[str, Any]:
     }
 
 
+class _PlainEvent:
+    """A pre-encoded stream event for the common chunk: text only, no logprobs, not last.
+
+    Streaming pays per token on the event loop, which shares the cores with llama.cpp; this
+    turns the per-token work into one string join.
+    """
+
+    def __init__(self, meta: _Meta, obj: str, before: str, after: str, usage: bool) -> None:
+        head = json.dumps(meta.head(obj), separators=(",", ":"))[:-1]
+        self._before = f'data: {head},"choices":[{{"index":0,{before}'
+        self._after = after + ('}],"usage":null}\n\n' if usage else "}]}\n\n")
+
+    def encode(self, text: str) -> bytes:
+        return (self._before + json.dumps(text) + self._after).encode()
+
+
 def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
@@ -149,6 +165,7 @@ async def _run(
     obj: str,
     shape: Shape,
     collect: Callable[[list[Chunk]], dict[str, Any]],
+    plain: _PlainEvent | None,
 ) -> Response:
     gen = aclosing(chunks)
     iterator = await gen.__aenter__()
@@ -170,7 +187,10 @@ async def _run(
             yield _sse(_with_usage(shape(first, True), include_usage))
             async for chunk in iterator:
                 last = chunk
-                yield _sse(_with_usage(shape(chunk, False), include_usage))
+                if plain is not None and chunk.text and chunk.finish_reason is None:
+                    yield plain.encode(chunk.text)
+                else:
+                    yield _sse(_with_usage(shape(chunk, False), include_usage))
             if include_usage:
                 yield _sse({**meta.head(obj), "choices": [], "usage": _usage(last)})
         except BastionError as exc:
@@ -205,6 +225,17 @@ async def complete_chat(
     params = req.to_generation_params()
     meta = _Meta.new("chatcmpl", model)
     with_logprobs = params.logprobs is not None
+    plain = (
+        None
+        if with_logprobs
+        else _PlainEvent(
+            meta,
+            "chat.completion.chunk",
+            '"delta":{"content":',
+            '},"logprobs":null,"finish_reason":null',
+            req.include_usage,
+        )
+    )
 
     def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
         delta: dict[str, Any] = (
@@ -244,6 +275,7 @@ async def complete_chat(
         obj="chat.completion.chunk",
         shape=shape,
         collect=collect,
+        plain=plain,
     )
 
 
@@ -255,6 +287,17 @@ async def complete_text(model: ServedModel, req: CompletionRequest, receive: Rec
     meta = _Meta.new("cmpl", model)
     echo = req.prompt_text if req.echo else ""
     with_logprobs = params.logprobs is not None
+    plain = (
+        None
+        if with_logprobs
+        else _PlainEvent(
+            meta,
+            "text_completion",
+            '"text":',
+            ',"logprobs":null,"finish_reason":null',
+            req.include_usage,
+        )
+    )
     offset = len(echo)
 
     def shape(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -290,4 +333,5 @@ async def complete_text(model: ServedModel, req: CompletionRequest, receive: Rec
         obj="text_completion",
         shape=shape,
         collect=collect,
+        plain=plain,
     )

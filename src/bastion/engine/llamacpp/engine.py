@@ -61,8 +61,8 @@ class _Request:
     cancelled: bool = False
 
     def send(self, item: _Item) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop is already closed
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        """Hand ``item`` over at once (outside the step loop, e.g. on shutdown)."""
+        _deliver_soon(self.loop, [(self, item)])
 
 
 @dataclass(eq=False)
@@ -111,6 +111,8 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._ctx_per_slot = 0
         self._running = 0
+        self._outbox: list[tuple[_Request, _Item]] = []
+        """Items produced during a step, handed to the event loop together after it."""
         self._created = int(time.time())
 
     # ---- lifecycle (event-loop side) -------------------------------------------------
@@ -279,6 +281,7 @@ class LlamaCppEngine:
                 for item in queue_:
                     _request_of(item).send(error)
                 self._fail_queued(error)
+                self._flush()
                 return
             running[:] = [s for s in running if not self._drop_if_cancelled(s)]
             self._admit(queue_, running)
@@ -287,6 +290,18 @@ class LlamaCppEngine:
             if running:
                 self._step(running)
                 self._running = len(running)
+            self._flush()
+
+    def _flush(self) -> None:
+        """One wake-up of the event loop per step, however many streams produced output."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
+        for request, item in self._outbox:
+            by_loop.setdefault(request.loop, []).append((request, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            _deliver_soon(loop, items)
 
     def _receive(self, queue_: collections.deque[_Request | _Sequence], *, block: bool) -> bool:
         """Move new requests from the inbox to the run queue; True when asked to stop."""
@@ -466,8 +481,13 @@ class LlamaCppEngine:
             return self._finish(seq, text + self._drain(seq), logprobs, "length")
         seq.next_token = token
         if text or logprobs:
-            request.send(
-                Chunk(text, len(request.prompt), seq.generated, logprobs, cached_tokens=seq.reused)
+            self._outbox.append(
+                (
+                    request,
+                    Chunk(
+                        text, len(request.prompt), seq.generated, logprobs, cached_tokens=seq.reused
+                    ),
+                )
             )
         return False
 
@@ -480,13 +500,13 @@ class LlamaCppEngine:
         self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
     ) -> bool:
         request = seq.request
-        request.send(Chunk(text, len(request.prompt), seq.generated, logprobs, reason, seq.reused))
-        request.send(None)
+        last = Chunk(text, len(request.prompt), seq.generated, logprobs, reason, seq.reused)
+        self._outbox += ((request, last), (request, None))
         self._free(seq)
         return True
 
     def _finish_with_error(self, seq: _Sequence, error: BaseException) -> None:
-        seq.request.send(error)
+        self._outbox.append((seq.request, error))
         self._free(seq)
 
     def _drop_if_cancelled(self, seq: _Sequence) -> bool:
@@ -521,3 +541,13 @@ class LlamaCppEngine:
 
 def _request_of(item: _Request | _Sequence) -> _Request:
     return item.request if isinstance(item, _Sequence) else item
+
+
+def _deliver(items: list[tuple[_Request, _Item]]) -> None:
+    for request, item in items:
+        request.out.put_nowait(item)
+
+
+def _deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, _Item]]) -> None:
+    with contextlib.suppress(RuntimeError):  # the event loop is already closed
+        loop.call_soon_threadsafe(_deliver, items)
