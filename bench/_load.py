@@ -13,6 +13,9 @@ import httpx
 # Greedy counting runs to max_tokens on every server, so each request decodes the same tokens.
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 MODEL = "smollm2-135m-instruct"
+# llama-server (cpp-httplib) closes a kept-alive connection after a few requests, and a POST
+# sent just as it does fails; every server gets a fresh connection per request instead.
+FRESH_CONNECTION = {"Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ def stream_once(
     started = time.perf_counter()
     first = last = 0.0
     tokens = 0
-    with client.stream("POST", f"{base_url}/v1/completions", json=body, timeout=600) as resp:
+    with client.stream(
+        "POST", f"{base_url}/v1/completions", json=body, timeout=600, headers=FRESH_CONNECTION
+    ) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
             if not line.startswith("data: {"):

@@ -94,6 +94,12 @@ class EngineSettings(_Section):
         description="When requests wait and every slot is busy, a stream that has run this "
         "many seconds is paused (its KV saved) so a waiting one can start; 0 never pauses.",
     )
+    prefix_cache: bool = Field(
+        default=True,
+        description="Reuse the KV of a prompt prefix a slot already holds (faster first "
+        "tokens in chats). Turn off where callers must not learn from timing whether "
+        "another caller sent the same prefix.",
+    )
     max_queue: int = Field(
         default=64,
         ge=1,

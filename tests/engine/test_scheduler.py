@@ -31,3 +31,8 @@ def test_busy_slots_are_never_chosen_and_ties_go_to_the_least_recently_used() ->
 
 def test_none_when_every_slot_is_busy() -> None:
     assert choose_slot([Slot(0, busy=True)], [1, 2]) is None
+
+
+def test_reuse_off_never_keeps_cached_tokens() -> None:
+    slots = [Slot(0, [1, 2, 3], last_used=5), Slot(1, [9], last_used=1)]
+    assert choose_slot(slots, [1, 2, 3, 4], reuse=False) == (slots[1], 0)

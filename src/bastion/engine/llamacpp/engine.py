@@ -330,7 +330,7 @@ class LlamaCppEngine:
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
                 choice = choose_slot(self._slots, item.paused.tokens)
             else:
-                choice = choose_slot(self._slots, item.prompt)
+                choice = choose_slot(self._slots, item.prompt, reuse=self._settings.prefix_cache)
             if choice is None:
                 return
             queue_.popleft()

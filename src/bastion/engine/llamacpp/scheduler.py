@@ -32,14 +32,18 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def choose_slot(slots: Sequence[Slot], prompt: Sequence[int]) -> tuple[Slot, int] | None:
+def choose_slot(
+    slots: Sequence[Slot], prompt: Sequence[int], *, reuse: bool = True
+) -> tuple[Slot, int] | None:
     """The idle slot for ``prompt`` and how many of its tokens are already cached there.
 
     At least the last prompt token is always left to compute: its logits give the first
-    sampled token. None when every slot is busy.
+    sampled token. None when every slot is busy. With ``reuse`` off nothing is reused.
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
         return None
+    if not reuse:
+        return min(idle, key=lambda s: s.last_used), 0
     best = max(idle, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
     return best, min(common_prefix(best.cached, prompt), len(prompt) - 1)
