@@ -36,10 +36,11 @@ def stream_once(
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     started = time.perf_counter()
     first = last = 0.0
-    tokens = 0
+    events = usage = 0
     with client.stream(
         "POST", f"{base_url}/v1/completions", json=body, timeout=600, headers=FRESH_CONNECTION
     ) as resp:
@@ -47,13 +48,16 @@ def stream_once(
         for line in resp.iter_lines():
             if not line.startswith("data: {"):
                 continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
+            event = json.loads(line[6:])
+            if (event.get("usage") or {}).get("completion_tokens"):
+                usage = event["usage"]["completion_tokens"]  # an event may carry several
+            choices = event.get("choices") or [{}]
             if choices[0].get("text"):
                 last = time.perf_counter()
-                tokens += 1
-                if tokens == 1:
+                events += 1
+                if events == 1:
                     first = last
-    return Stream(first - started, last - started, tokens)
+    return Stream(first - started, last - started, usage or events)
 
 
 @dataclass

@@ -21,11 +21,11 @@ from bastion.catalog import builtin_model
 from bastion.store.package import locate_package_file
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="1,2,4,8")
+def main(clients: str = "1,2,4,8", rounds: int = 2, doc: str = __doc__ or "") -> None:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--clients", default=clients)
     parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=rounds, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
@@ -63,10 +63,10 @@ def main() -> None:
         peer = starters[name]()
         try:
             run_clients(peer.base_url, 1, 1, 8)  # warm-up
-            for clients in levels:
-                sweep = run_clients(peer.base_url, clients, args.rounds, args.max_tokens)
-                results[clients][name] = (
-                    results[clients][name].merge(sweep) if (name in results[clients]) else sweep
+            for level in levels:
+                sweep = run_clients(peer.base_url, level, args.rounds, args.max_tokens)
+                results[level][name] = (
+                    results[level][name].merge(sweep) if (name in results[level]) else sweep
                 )
         finally:
             peer.stop()

@@ -106,6 +106,13 @@ class EngineSettings(_Section):
         le=100_000,
         description="Requests that may wait for a slot; beyond them clients get 429.",
     )
+    stream_interval: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Seconds streamed text may wait to go out together with the next tokens "
+        "(first tokens and endings go at once); fewer hand-offs leave llama.cpp more CPU.",
+    )
     batch_tokens: int = Field(
         default=512,
         ge=16,
