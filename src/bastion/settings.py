@@ -131,6 +131,13 @@ class EngineSettings(_Section):
         return self.threads or (os.cpu_count() or 1)
 
 
+class StoreSettings(_Section):
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories under which local_path models may live (none by default).",
+    )
+
+
 class _YamlSource(InitSettingsSource):
     """Reads ``$BASTION_HOME/bastion.yaml`` when it exists."""
 
@@ -162,6 +169,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(

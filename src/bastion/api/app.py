@@ -12,7 +12,7 @@ from bastion.api.errors import install_handlers
 from bastion.api.middleware.body_limit import BodyLimitMiddleware
 from bastion.api.middleware.request_id import RequestIdMiddleware
 from bastion.api.routes import admin, openai, ops
-from bastion.catalog import builtin_model
+from bastion.catalog import load_catalog
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.router import ModelRegistry
@@ -34,8 +34,10 @@ def create_app(
         registry = ModelRegistry(
             home, settings.server.default_model, engine_factory or build_engine, settings.engine
         )
-        registry.add(builtin_model(settings.server.default_model))
+        catalog = load_catalog(home, settings.store.allowed_roots)
+        registry.add(catalog.get(settings.server.default_model))
         app.state.registry = registry
+        app.state.catalog = catalog
         try:
             yield
         finally:

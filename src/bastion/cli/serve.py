@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from bastion.api.server import serve
-from bastion.catalog import builtin_model
+from bastion.catalog import load_catalog
 from bastion.log import configure_logging
 from bastion.settings import ensure_dir, home_dir, load_settings
 
@@ -39,8 +39,9 @@ def serve_command(
             engine[key] = value
     overrides = {k: v for k, v in (("server", server), ("engine", engine)) if v}
     settings = load_settings(overrides)
-    builtin_model(settings.server.default_model)  # unknown names fail here, before binding
     configure_logging(settings.server.log_level)
     home = ensure_dir(home_dir())
+    # Unknown or invalid models fail here, before anything binds.
+    load_catalog(home, settings.store.allowed_roots).get(settings.server.default_model)
     serve(settings, home)
     raise typer.Exit(0)

