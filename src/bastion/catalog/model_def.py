@@ -91,6 +91,14 @@ class ModelDef(_Strict):
             )
         return self
 
+    @field_validator("local_path", mode="before")
+    @classmethod
+    def _no_dot_components(cls, value: Any) -> Any:
+        # Checked on the raw text: Path() would quietly drop '.' components.
+        if isinstance(value, str) and any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("local_path must not contain '.' or '..' components")
+        return value
+
     @field_validator("local_path")
     @classmethod
     def _safe_local_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
