@@ -136,6 +136,23 @@ class StoreSettings(_Section):
         default_factory=list,
         description="Directories under which local_path models may live (none by default).",
     )
+    offline: bool = Field(
+        default=True,
+        description="Never contact a model hub (sets HF_HUB_OFFLINE=1 for bastion and its "
+        "engines). Set false to pull from Hugging Face.",
+    )
+    allow_http: bool = Field(
+        default=False, description="Allow plain-http model URLs (https only by default)."
+    )
+    url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts or IP addresses that URL pulls may reach even though they are "
+        "loopback, link-local or private (an internal mirror). Everything else private is "
+        "refused, also through redirects.",
+    )
+    max_download_bytes: int = Field(
+        default=256 * 1024**3, ge=1, description="Largest file a URL pull accepts."
+    )
 
 
 class _YamlSource(InitSettingsSource):
