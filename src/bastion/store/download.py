@@ -112,7 +112,7 @@ def download(
     last_error: Exception | None = None
     for _ in range(attempts):
         try:
-            _fetch(url, partial, policy, progress, resolve, timeout)
+            _fetch(url, partial, policy, progress=progress, resolve=resolve, timeout=timeout)
             break
         except (httpx.TransportError, DownloadError) as exc:
             last_error = exc
@@ -139,6 +139,7 @@ def _fetch(
     url: str,
     partial: Path,
     policy: UrlPolicy,
+    *,
     progress: Progress | None,
     resolve: Resolver,
     timeout: float,
