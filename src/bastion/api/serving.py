@@ -52,9 +52,12 @@ async def race_disconnect(awaitable: Awaitable[T], receive: Receive) -> T:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not work.done():
+        disconnected = not work.done()
+        if disconnected:
             work.cancel()
-    if work.cancelled() or not work.done():
+        # Let both finish unwinding before anyone closes the generator they iterate.
+        await asyncio.gather(work, watcher, return_exceptions=True)
+    if disconnected or work.cancelled():
         raise ClientDisconnectedError("The client closed the connection.")
     return work.result()
 

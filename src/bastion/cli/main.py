@@ -7,6 +7,7 @@ import sys
 import typer
 
 from bastion import __version__
+from bastion.cli import models
 from bastion.cli.serve import serve_command
 from bastion.errors import BastionError
 
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve_command)
+app.add_typer(models.app, name="models")
 
 
 @app.command("version")

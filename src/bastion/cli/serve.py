@@ -10,6 +10,7 @@ from bastion.api.server import serve
 from bastion.catalog import load_catalog
 from bastion.log import configure_logging
 from bastion.settings import ensure_dir, home_dir, load_settings
+from bastion.store.pull import apply_offline
 
 
 def serve_command(
@@ -41,6 +42,7 @@ def serve_command(
     settings = load_settings(overrides)
     configure_logging(settings.server.log_level)
     home = ensure_dir(home_dir())
+    apply_offline(settings.store)
     # Unknown or invalid models fail here, before anything binds.
     load_catalog(home, settings.store.allowed_roots).get(settings.server.default_model)
     serve(settings, home)

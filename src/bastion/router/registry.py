@@ -19,7 +19,8 @@ from bastion.engine import Chunk, Engine, GenerationParams, ModelInfo
 from bastion.errors import BastionError, ModelLoadError, ModelNotFoundError, ServiceUnavailableError
 from bastion.router.admission import Admission
 from bastion.settings import EngineSettings
-from bastion.store.package import LocalModel, import_from_package, verify_local
+from bastion.store.package import LocalModel, verify_local
+from bastion.store.pull import prepare
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ModelRegistry:
         started = time.perf_counter()
         name = entry.model.name
         try:
-            await asyncio.to_thread(import_from_package, self._home, entry.model)
+            await asyncio.to_thread(prepare, self._home, entry.model)
             local = await asyncio.to_thread(verify_local, self._home, entry.model)
             engine = self._factory(local)
             await engine.start()
@@ -118,8 +119,9 @@ class ModelRegistry:
         if entry.state is ModelState.LOADING:
             raise ServiceUnavailableError(f"The model '{entry.model.name}' is still loading.")
         if entry.served is None or entry.state is not ModelState.READY:
+            # The reason (paths, digests) is for the operator's log, not for callers.
             raise ModelLoadError(
-                f"The model '{entry.model.name}' is not available: {entry.error or 'stopped'}."
+                f"The model '{entry.model.name}' is not available ({entry.state.value})."
             )
         return entry.served
 
@@ -130,15 +132,17 @@ class ModelRegistry:
             if e.served is not None and e.state is ModelState.READY
         ]
 
-    def states(self) -> dict[str, dict[str, object]]:
-        """Per model: state, load error and time, and (when served) running and waiting."""
+    def states(self, *, detail: bool = False) -> dict[str, dict[str, object]]:
+        """Per model: state and load time, running and waiting; with ``detail`` (operators
+        only) also why a model failed, which may name files on the server."""
         out: dict[str, dict[str, object]] = {}
         for name, entry in self._entries.items():
             state: dict[str, object] = {
                 "state": entry.state.value,
-                "error": entry.error,
                 "load_seconds": entry.load_seconds,
             }
+            if detail:
+                state["error"] = entry.error
             if entry.served is not None:
                 state["running"] = entry.served.engine.running
                 state["waiting"] = entry.served.admission.waiting

@@ -21,6 +21,6 @@ async def status(request: Request) -> JSONResponse:
             "default_model": registry.default_model,
             "slots": settings.engine.slots,
             "max_queue": settings.engine.max_queue,
-            "models": registry.states(),
+            "models": registry.states(detail=True),
         }
     )

@@ -114,6 +114,11 @@ class LlamaCppEngine:
         self._running = 0
         self._outbox: list[tuple[_Request, _Item]] = []
         self._flushed_at = 0.0
+        self._held: set[_Request] = set()
+        """Requests the owner thread has taken from the inbox and not yet answered in full."""
+        self._failed = False
+        self._tokenizing = 0
+        self._tokenizing_lock = threading.Lock()
         """Items produced during a step, handed to the event loop together after it."""
         self._created = int(time.time())
 
@@ -136,7 +141,12 @@ class LlamaCppEngine:
 
     @property
     def ready(self) -> bool:
-        return self._loaded.is_set() and self._load_error is None and not self._closed
+        return (
+            self._loaded.is_set()
+            and self._load_error is None
+            and not self._closed
+            and not self._failed
+        )
 
     @property
     def running(self) -> int:
@@ -152,11 +162,13 @@ class LlamaCppEngine:
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         if not self.ready:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
-        prompt = await asyncio.to_thread(self._tokenize_prompt, params)
+        prompt = await asyncio.to_thread(self._tokenize_guarded, params)
         max_tokens = self._budget(len(prompt), params.max_tokens)
         request = _Request(
             prompt, max_tokens, params, asyncio.get_running_loop(), request_id_var.get()
         )
+        if self._closed or self._failed:
+            raise ServiceUnavailableError(f"model '{self._name}' is not available")
         self._inbox.put(request)
         try:
             while (item := await request.out.get()) is not None:
@@ -165,6 +177,18 @@ class LlamaCppEngine:
                 yield item
         finally:
             request.cancelled = True  # stops the sequence at its next step if still running
+
+    def _tokenize_guarded(self, params: GenerationParams) -> list[int]:
+        """Tokenise unless closing; ``_release`` waits for these before freeing the model."""
+        with self._tokenizing_lock:
+            if self._closed:
+                raise ServiceUnavailableError("the server is shutting down")
+            self._tokenizing += 1
+        try:
+            return self._tokenize_prompt(params)
+        finally:
+            with self._tokenizing_lock:
+                self._tokenizing -= 1
 
     def _tokenize_prompt(self, params: GenerationParams) -> list[int]:
         model, template = self._model, self._template
@@ -217,6 +241,11 @@ class LlamaCppEngine:
         self._loaded.set()
         try:
             self._loop()
+        except BaseException:
+            # Nothing may wait forever on a dead engine: fail every request it holds.
+            log.exception("the engine thread of %s failed", self._name)
+            self._failed = True
+            self._fail_all(EngineError("the engine failed; the request was not completed"))
         finally:
             self._release()
 
@@ -266,10 +295,30 @@ class LlamaCppEngine:
         ll.llama_memory_clear(self._memory, True)
 
     def _release(self) -> None:
+        deadline = time.monotonic() + 30
+        while self._tokenizing and time.monotonic() < deadline:  # never free a model in use
+            time.sleep(0.01)
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         if self._model is not None:
             self._model.close()
+
+    def _fail_all(self, error: BastionError) -> None:
+        items: list[tuple[_Request, _Item]] = [(r, error) for r in self._held]
+        self._held.clear()
+        self._outbox = []
+        while True:
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None:
+                items.append((request, error))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
+        for request, item in items:
+            by_loop.setdefault(request.loop, []).append((request, item))
+        for loop, batch in by_loop.items():
+            _deliver_soon(loop, batch)
 
     def _loop(self) -> None:
         running: list[_Sequence] = []
@@ -311,6 +360,8 @@ class LlamaCppEngine:
         self._flushed_at = now
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
         for request, item in _coalesce(self._outbox):
+            if _final(item):
+                self._held.discard(request)
             by_loop.setdefault(request.loop, []).append((request, item))
         self._outbox = []
         for loop, items in by_loop.items():
@@ -323,6 +374,7 @@ class LlamaCppEngine:
             while True:
                 if item is None:
                     return True
+                self._held.add(item)
                 queue_.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
@@ -341,7 +393,8 @@ class LlamaCppEngine:
                 continue
             if isinstance(item, _Sequence):
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
-                choice = choose_slot(self._slots, item.paused.tokens)
+                # its own KV replaces the slot's: take the least valuable cache
+                choice = choose_slot(self._slots, item.paused.tokens, reuse=False)
             else:
                 choice = choose_slot(self._slots, item.prompt, reuse=self._settings.prefix_cache)
             if choice is None:
@@ -379,17 +432,18 @@ class LlamaCppEngine:
             key=lambda s: s.started,
         )
         for seq in due[:waiting]:
-            self._pause(seq)
-            running.remove(seq)
-            queue_.append(seq)
+            if self._pause(seq):
+                running.remove(seq)
+                queue_.append(seq)
         if due:
             self._admit(queue_, running)
 
-    def _pause(self, seq: _Sequence) -> None:
+    def _pause(self, seq: _Sequence) -> bool:
         slot = seq.slot
         size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
         state = (ctypes.c_uint8 * size)()
-        ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id)
+        if ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) != size:
+            return False  # could not copy the state out: keep running instead
         seq.paused = _Paused(state, list(slot.cached))
         ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.cached.clear()
@@ -400,6 +454,7 @@ class LlamaCppEngine:
             size,
             extra={"request_id": seq.request.request_id},
         )
+        return True
 
     def _resume(self, seq: _Sequence, slot: Slot) -> bool:
         paused = seq.paused
@@ -556,6 +611,10 @@ def _request_of(item: _Request | _Sequence) -> _Request:
     return item.request if isinstance(item, _Sequence) else item
 
 
+def _final(item: _Item) -> bool:
+    return item is None or isinstance(item, BaseException)
+
+
 def _deliver(items: list[tuple[_Request, _Item]]) -> None:
     for request, item in items:
         request.out.put_nowait(item)
@@ -576,18 +635,19 @@ def _urgent(request: _Request, item: _Item) -> bool:
 
 
 def _coalesce(items: list[tuple[_Request, _Item]]) -> list[tuple[_Request, _Item]]:
-    """Merge consecutive mid-stream chunks of the same request into one."""
+    """Merge each request's successive mid-stream chunks into one (order per request kept)."""
     out: list[tuple[_Request, _Item]] = []
+    last: dict[int, int] = {}  # request -> index in ``out`` of its latest item
     for request, item in items:
-        if out and isinstance(item, Chunk):
-            prev_request, prev = out[-1]
-            if prev_request is request and isinstance(prev, Chunk) and prev.finish_reason is None:
-                out[-1] = (
-                    request,
-                    dataclasses.replace(
-                        item, text=prev.text + item.text, logprobs=prev.logprobs + item.logprobs
-                    ),
+        at = last.get(id(request))
+        if at is not None and isinstance(item, Chunk):
+            prev = out[at][1]
+            if isinstance(prev, Chunk) and prev.finish_reason is None:
+                merged = dataclasses.replace(
+                    item, text=prev.text + item.text, logprobs=prev.logprobs + item.logprobs
                 )
+                out[at] = (request, merged)
                 continue
+        last[id(request)] = len(out)
         out.append((request, item))
     return out
