@@ -61,6 +61,20 @@ class ModelNotFoundError(BastionError):
     code = "model_not_found"
 
 
+class InvalidModelEntryError(BastionError):
+    """A catalog entry failed validation; the message lists every field to fix."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_model_entry"
+
+
+class ModelConflictError(BastionError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class RouteNotFoundError(BastionError):
     status = 404
     type = "invalid_request_error"

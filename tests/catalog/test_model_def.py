@@ -93,9 +93,22 @@ def test_symlink_escaping_the_allowed_root_is_refused(tmp_path: Path) -> None:
     )
 
 
+def test_local_weights_must_exist(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "mine").mkdir(parents=True)
+    assert "does not exist" in refusal({"name": "m", "local_path": str(root / "gone")}, [root])
+    assert "file w.gguf is missing" in refusal(
+        {"name": "m", "local_path": str(root / "mine"), "file": "w.gguf"}, [root]
+    )
+    assert "name the weights" in refusal({"name": "m", "local_path": str(root / "mine")}, [root])
+    (root / "mine" / "only.gguf").write_bytes(b"GGUF")
+    assert make({"name": "m", "local_path": str(root / "mine")}, [root]).local_path is not None
+
+
 def test_chat_template_must_live_inside_local_path(tmp_path: Path) -> None:
     root = tmp_path / "models"
     (root / "mine").mkdir(parents=True)
+    (root / "mine" / "w.gguf").write_bytes(b"GGUF")
     ok = make(
         {
             "name": "m",

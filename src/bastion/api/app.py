@@ -38,6 +38,7 @@ def create_app(
         registry.add(catalog.get(settings.server.default_model))
         app.state.registry = registry
         app.state.catalog = catalog
+        app.state.home = home
         try:
             yield
         finally:

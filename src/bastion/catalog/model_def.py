@@ -108,6 +108,25 @@ class ModelDef(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _local_weights_exist(self) -> ModelDef:
+        if self.local_path is None:
+            return self
+        if not self.local_path.is_dir():
+            raise ValueError(f"local_path {self.local_path} does not exist or is not a directory")
+        if self.file is not None:
+            weights = self.local_path / self.file
+            if not weights.is_file():
+                raise ValueError(f"file {self.file} is missing in {self.local_path}")
+            return self
+        ggufs = sorted(p.name for p in self.local_path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            found = ", ".join(ggufs) or "none"
+            raise ValueError(
+                f"name the weights with 'file': {self.local_path} holds {found} .gguf files"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _files_inside_local_path(self) -> ModelDef:
         for label, path in (
             ("chat_template", self.chat_template),

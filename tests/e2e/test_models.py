@@ -1,0 +1,99 @@
+"""The model catalog over HTTP, and serving the second built-in model offline."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.e2e.conftest import BASTION, Server, start_server
+
+pytestmark = pytest.mark.e2e
+
+
+def test_api_models_lists_the_catalog_with_state(server: Server) -> None:
+    body = httpx.get(f"{server.base_url}/api/models").json()
+    by_name = {m["name"]: m for m in body["data"]}
+    assert by_name["smollm2-135m-instruct"]["state"] == "pulled"
+    assert by_name["gemma3-270m"]["source"] == "package"
+
+
+def test_post_validates_the_whole_entry_before_persisting(
+    server: Server, shared_home: Path
+) -> None:
+    bad = httpx.post(
+        f"{server.base_url}/api/models", json={"name": "Bad Name", "url": {"url": "ftp://x/m.gguf"}}
+    )
+    assert bad.status_code == 422
+    message = bad.json()["error"]["message"]
+    for field in ("name", "url"):
+        assert field in message
+    catalog = shared_home / "catalog.yaml"
+    assert "Bad Name" not in (catalog.read_text() if catalog.exists() else "")
+    good = httpx.post(
+        f"{server.base_url}/api/models",
+        json={
+            "name": "api-added",
+            "url": {"url": "https://example.org/m.gguf", "sha256": "ab" * 32},
+        },
+    )
+    assert good.status_code == 201
+    assert good.json()["state"] == "not pulled"
+    assert "api-added" in catalog.read_text()
+    deleted = httpx.delete(f"{server.base_url}/api/models/api-added")
+    assert deleted.status_code == 200
+    assert "api-added" not in catalog.read_text()
+
+
+def test_delete_of_an_unknown_model_is_404(server: Server) -> None:
+    missing = httpx.delete(f"{server.base_url}/api/models/no-such-model")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_delete_refuses_local_models_with_409(shared_home: Path, tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "w.gguf").write_bytes(b"GGUF")
+    server = start_server(shared_home, env={"BASTION_STORE__ALLOWED_ROOTS": f'["{tmp_path}"]'})
+    try:
+        added = httpx.post(
+            f"{server.base_url}/api/models", json={"name": "mine-local", "local_path": str(root)}
+        )
+        assert added.status_code == 201, added.text
+        refused = httpx.delete(f"{server.base_url}/api/models/mine-local")
+        assert refused.status_code == 409
+        assert "never deletes" in refused.json()["error"]["message"]
+        assert (root / "w.gguf").exists()
+    finally:
+        server.stop()
+        catalog = shared_home / "catalog.yaml"
+        data = yaml.safe_load(catalog.read_text())
+        data["models"].pop("mine-local", None)
+        catalog.write_text(yaml.safe_dump(data))
+
+
+def test_pull_then_serve_gemma_offline(shared_home: Path) -> None:
+    env = {"BASTION_HOME": str(shared_home), "HF_HUB_OFFLINE": "1"}
+    pulled = subprocess.run(
+        [str(BASTION), "models", "pull", "gemma3-270m"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    server = start_server(shared_home, "--model", "gemma3-270m")
+    try:
+        models = httpx.get(f"{server.v1}/models").json()["data"]
+        assert [m["id"] for m in models] == ["gemma3-270m"]
+        reply = server.client(timeout=120).completions.create(
+            model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0
+        )
+        assert reply.choices[0].text.strip()
+    finally:
+        server.stop()
