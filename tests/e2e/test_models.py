@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -95,5 +99,45 @@ def test_pull_then_serve_gemma_offline(shared_home: Path) -> None:
             model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0
         )
         assert reply.choices[0].text.strip()
+    finally:
+        server.stop()
+
+
+def test_a_url_model_pulls_from_a_mirror_and_serves(
+    shared_home: Path, smollm2_file: Path, tmp_path: Path
+) -> None:
+    """A mirror on this machine stands in for a remote host (allowlisted, plain http)."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(smollm2_file.parent)
+    )
+    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    env = {
+        "BASTION_HOME": str(home),
+        "BASTION_STORE__ALLOW_HTTP": "true",
+        "BASTION_STORE__URL_ALLOWLIST": '["127.0.0.1"]',
+    }
+    digest = hashlib.sha256(smollm2_file.read_bytes()).hexdigest()
+    url = f"http://127.0.0.1:{mirror.server_address[1]}/{smollm2_file.name}"
+    try:
+        for args in (["add", "mirrored", "--url", url, "--sha256", digest], ["pull", "mirrored"]):
+            done = subprocess.run(
+                [str(BASTION), "models", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+    finally:
+        mirror.shutdown()
+        mirror.server_close()
+    server = start_server(home, "--model", "mirrored", env=env)
+    try:
+        models = httpx.get(f"{server.v1}/models").json()["data"]
+        assert models[0]["id"] == "mirrored"
+        assert models[0]["digest"] == f"sha256:{digest}"
     finally:
         server.stop()

@@ -152,6 +152,8 @@ class ModelDef(_Strict):
             return self.package.file
         if self.url is not None:
             return self.url.file_name
+        if self.file is None and self.hf is not None and self.hf.files and len(self.hf.files) == 1:
+            return self.hf.files[0]
         return self.file
 
 
