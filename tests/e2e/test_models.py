@@ -141,3 +141,29 @@ def test_a_url_model_pulls_from_a_mirror_and_serves(
         assert models[0]["digest"] == f"sha256:{digest}"
     finally:
         server.stop()
+
+
+def test_a_local_model_is_served_in_place_after_its_digest_is_recorded(
+    smollm2_file: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "local-models"
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "tuned.gguf").write_bytes(smollm2_file.read_bytes())
+    home = tmp_path / "home"
+    env = {"BASTION_HOME": str(home), "BASTION_STORE__ALLOWED_ROOTS": f'["{root}"]'}
+    for args in (["add", "tuned", "--local-path", str(root / "mine")], ["pull", "tuned"]):
+        done = subprocess.run(
+            [str(BASTION), "models", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (root / "mine").iterdir()) == ["tuned.gguf"]
+    server = start_server(home, "--model", "tuned", env=env)
+    try:
+        assert httpx.get(f"{server.v1}/models").json()["data"][0]["id"] == "tuned"
+    finally:
+        server.stop()

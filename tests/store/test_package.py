@@ -62,3 +62,22 @@ def test_a_changed_file_fails_verification_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=model.package.file):
         verify_local(tmp_path, model)
     assert hashlib.sha256(weights.read_bytes()).hexdigest() != model.package.sha256
+
+
+def test_local_model_digest_is_recorded_and_checked_in_place(tmp_path: Path) -> None:
+    from bastion.store.package import record_local  # noqa: PLC0415
+
+    root = tmp_path / "models-here"
+    (root / "mine").mkdir(parents=True)
+    weights = root / "mine" / "w.gguf"
+    weights.write_bytes(b"GGUF" + bytes(1000))
+    model = ModelDef.model_validate(
+        {"name": "mine", "local_path": str(root / "mine")}, context={"allowed_roots": [str(root)]}
+    )
+    home = tmp_path / "home"
+    record_local(home, model)
+    assert sorted(p.name for p in (root / "mine").iterdir()) == ["w.gguf"]  # untouched
+    assert verify_local(home, model).weights == weights
+    weights.write_bytes(b"GGUF" + bytes(999) + b"\x01")
+    with pytest.raises(ModelLoadError, match=r"w\.gguf"):
+        verify_local(home, model)

@@ -19,6 +19,7 @@ from bastion.integrity.manifest import (
     ManifestError,
     hash_file,
     read_manifest,
+    render,
     write_manifest,
 )
 from bastion.settings import ensure_dir
@@ -137,12 +138,38 @@ def import_from_package(home: Path, model: ModelDef) -> Path:
     return target
 
 
+def local_weights_name(model: ModelDef) -> str:
+    """``file``, or the one ``.gguf`` in a local model's directory."""
+    assert model.local_path is not None  # noqa: S101 - callers check
+    if model.file is not None:
+        return model.file
+    ggufs = sorted(p.name for p in model.local_path.glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise ModelLoadError(f"model '{model.name}': name the weights file with 'file'")
+    return ggufs[0]
+
+
+def record_local(home: Path, model: ModelDef) -> Path:
+    """Record a local model's digest (trust on first use); its directory is not touched."""
+    assert model.local_path is not None  # noqa: S101 - callers check
+    name = local_weights_name(model)
+    directory = ensure_dir(model_dir(home, model.name))
+    path = directory / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render({name: hash_file(model.local_path / name)}), encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return directory
+
+
 def verify_local(home: Path, model: ModelDef) -> LocalModel:
     """Check the weight file against the manifest; refuse to return a model that fails."""
     directory = model_dir(home, model.name)
-    if model.weights_name is None:
+    name = local_weights_name(model) if model.local_path is not None else model.weights_name
+    if name is None:
         raise ModelLoadError(f"model '{model.name}': the catalog entry names no weights file")
-    weights = directory / model.weights_name
+    # A local model's files stay where the operator keeps them; only its manifest is ours.
+    weights = (model.local_path or directory) / name
     try:
         manifest = read_manifest(directory)
     except ManifestError as exc:

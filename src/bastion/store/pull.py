@@ -16,7 +16,7 @@ from bastion.errors import ModelLoadError
 from bastion.integrity.manifest import MANIFEST_NAME, write_manifest
 from bastion.settings import StoreSettings, ensure_dir
 from bastion.store.download import Progress, UrlPolicy, download
-from bastion.store.package import import_from_package, model_dir
+from bastion.store.package import import_from_package, model_dir, record_local
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -38,20 +38,16 @@ def prepare(home: Path, model: ModelDef) -> None:
     URL and Hugging Face models must have been pulled."""
     if model.package is not None:
         import_from_package(home, model)
-    elif model.local_path is not None:
-        raise ModelLoadError("serving local_path models is not supported yet")
     elif not is_pulled(home, model):
-        raise ModelLoadError(f"run `bastion models pull {model.name}` first")
+        what = "to record its digest" if model.local_path is not None else ""
+        raise ModelLoadError(f"run `bastion models pull {model.name}` first {what}".rstrip())
 
 
 def pull(
     home: Path, model: ModelDef, settings: StoreSettings, progress: Progress | None = None
 ) -> Path:
     if model.local_path is not None:
-        raise ModelLoadError(
-            f"'{model.name}' is a local model: it is used in place from {model.local_path}, "
-            "so there is nothing to pull"
-        )
+        return record_local(home, model)  # used in place: only its digest is recorded
     if model.package is not None:
         return import_from_package(home, model)
     staging = ensure_dir(home / "models") / f".pull-{model.name}"
@@ -128,7 +124,9 @@ def disk_usage(home: Path, model: ModelDef) -> int:
 
 def state(home: Path, model: ModelDef) -> str:
     if model.local_path is not None:
-        return "local" if model.local_path.is_dir() else "missing"
+        if not model.local_path.is_dir():
+            return "missing"
+        return "local" if is_pulled(home, model) else "local, not recorded"
     if is_pulled(home, model):
         return "pulled"
     if (home / "models" / f".pull-{model.name}").exists():
