@@ -143,15 +143,29 @@ def test_a_url_model_pulls_from_a_mirror_and_serves(
         server.stop()
 
 
-def test_a_local_model_is_served_in_place_after_its_digest_is_recorded(
+def test_a_local_model_is_served_in_place_with_its_catalog_settings(
     smollm2_file: Path, tmp_path: Path
 ) -> None:
+    """Digest recorded by pull, directory untouched, ctx and chat template from the entry."""
     root = tmp_path / "local-models"
     (root / "mine").mkdir(parents=True)
     (root / "mine" / "tuned.gguf").write_bytes(smollm2_file.read_bytes())
+    (root / "mine" / "chat.jinja").write_text("{{ messages[-1]['content'] }}")
+    entry = tmp_path / "entry.yaml"
+    entry.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tuned",
+                "local_path": str(root / "mine"),
+                "file": "tuned.gguf",
+                "ctx": 512,
+                "chat_template": "chat.jinja",
+            }
+        )
+    )
     home = tmp_path / "home"
     env = {"BASTION_HOME": str(home), "BASTION_STORE__ALLOWED_ROOTS": f'["{root}"]'}
-    for args in (["add", "tuned", "--local-path", str(root / "mine")], ["pull", "tuned"]):
+    for args in (["add", "--from-file", str(entry)], ["pull", "tuned"]):
         done = subprocess.run(
             [str(BASTION), "models", *args],
             env=env,
@@ -161,9 +175,15 @@ def test_a_local_model_is_served_in_place_after_its_digest_is_recorded(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (root / "mine").iterdir()) == ["tuned.gguf"]
+    assert sorted(p.name for p in (root / "mine").iterdir()) == ["chat.jinja", "tuned.gguf"]
     server = start_server(home, "--model", "tuned", env=env)
     try:
-        assert httpx.get(f"{server.v1}/models").json()["data"][0]["id"] == "tuned"
+        card = httpx.get(f"{server.v1}/models").json()["data"][0]
+        assert (card["id"], card["context_length"]) == ("tuned", 512)
+        reply = server.client(timeout=60).chat.completions.create(
+            model="tuned", max_tokens=3, messages=[{"role": "user", "content": "Hello"}]
+        )
+        assert reply.usage is not None
+        assert reply.usage.prompt_tokens <= 2  # the entry's bare template, not the GGUF's
     finally:
         server.stop()

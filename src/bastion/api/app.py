@@ -27,7 +27,12 @@ def create_app(
     """The bastion ASGI app; ``engine_factory`` defaults to the embedded llama.cpp engine."""
 
     def build_engine(model: LocalModel) -> Engine:
-        return LlamaCppEngine(model.name, model.weights, model.sha256, settings.engine)
+        engine = settings.engine
+        if model.ctx is not None:  # the catalog entry's context length wins for this model
+            engine = engine.model_copy(update={"ctx_per_slot": model.ctx})
+        return LlamaCppEngine(
+            model.name, model.weights, model.sha256, engine, chat_template=model.chat_template
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -35,6 +35,10 @@ class LocalModel:
     directory: Path
     weights: Path
     sha256: str
+    ctx: int | None = None
+    """The catalog's context length for this model, when it sets one."""
+    chat_template: str | None = None
+    """Template text from the catalog entry, overriding the one in the GGUF."""
 
 
 def _distribution(name: str) -> importlib.metadata.Distribution:
@@ -186,4 +190,12 @@ def verify_local(home: Path, model: ModelDef) -> LocalModel:
         raise ModelLoadError(
             f"model '{model.name}': {weights} does not match its SHA-256 in {MANIFEST_NAME}"
         )
-    return LocalModel(model.name, directory, weights, actual)
+    template = None
+    if model.chat_template is not None and model.local_path is not None:
+        try:
+            template = (model.local_path / model.chat_template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise ModelLoadError(
+                f"model '{model.name}': cannot read its chat template {model.chat_template}"
+            ) from None
+    return LocalModel(model.name, directory, weights, actual, model.ctx, template)

@@ -98,8 +98,17 @@ class _Sequence:
 class LlamaCppEngine:
     """Serves one GGUF model from one owner thread; see the module docstring."""
 
-    def __init__(self, name: str, weights: Path, digest: str, settings: EngineSettings) -> None:
+    def __init__(
+        self,
+        name: str,
+        weights: Path,
+        digest: str,
+        settings: EngineSettings,
+        *,
+        chat_template: str | None = None,
+    ) -> None:
         self._name = name
+        self._chat_template = chat_template
         self._weights = weights
         self._digest = digest
         self._settings = settings
@@ -273,7 +282,9 @@ class LlamaCppEngine:
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
         self._template = ChatTemplate(
-            model.chat_template() or CHATML, bos_token=model.bos_text, eos_token=model.eos_text
+            self._chat_template or model.chat_template() or CHATML,
+            bos_token=model.bos_text,
+            eos_token=model.eos_text,
         )
         self._warm_up()
         log.info(
