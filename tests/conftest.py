@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bastion.catalog import BUILTIN_MODELS, SMOLLM2
 from bastion.store.package import locate_package_file
+
+BASTION = Path(sys.executable).with_name("bastion")
+
+
+def bastion_models(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bastion models ARGS`` with ``env`` over a clean environment."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "HF_"))}
+    environ.update({"COLUMNS": "200", **env})
+    return subprocess.run(
+        [str(BASTION), "models", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")

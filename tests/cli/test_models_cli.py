@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
-BASTION = Path(sys.executable).with_name("bastion")
+from tests.conftest import bastion_models
 
 
-def run(
-    home: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "HF_"))}
-    environ.update({"BASTION_HOME": str(home), "COLUMNS": "200", **(env or {})})
-    return subprocess.run(
-        [str(BASTION), "models", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run(home: Path, *args: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+    return bastion_models({"BASTION_HOME": str(home), **(env or {})}, *args)
 
 
 @pytest.fixture

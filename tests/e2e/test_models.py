@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import BASTION, Server, start_server
+from tests.conftest import bastion_models
+from tests.e2e.conftest import Server, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -82,14 +82,7 @@ def test_delete_refuses_local_models_with_409(shared_home: Path, tmp_path: Path)
 
 def test_pull_then_serve_gemma_offline(shared_home: Path) -> None:
     env = {"BASTION_HOME": str(shared_home), "HF_HUB_OFFLINE": "1"}
-    pulled = subprocess.run(
-        [str(BASTION), "models", "pull", "gemma3-270m"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    pulled = bastion_models(env, "pull", "gemma3-270m")
     assert pulled.returncode == 0, pulled.stderr
     server = start_server(shared_home, "--model", "gemma3-270m")
     try:
@@ -122,14 +115,7 @@ def test_a_url_model_pulls_from_a_mirror_and_serves(
     url = f"http://127.0.0.1:{mirror.server_address[1]}/{smollm2_file.name}"
     try:
         for args in (["add", "mirrored", "--url", url, "--sha256", digest], ["pull", "mirrored"]):
-            done = subprocess.run(
-                [str(BASTION), "models", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            done = bastion_models(env, *args)
             assert done.returncode == 0, done.stderr
     finally:
         mirror.shutdown()
@@ -166,14 +152,7 @@ def test_a_local_model_is_served_in_place_with_its_catalog_settings(
     home = tmp_path / "home"
     env = {"BASTION_HOME": str(home), "BASTION_STORE__ALLOWED_ROOTS": f'["{root}"]'}
     for args in (["add", "--from-file", str(entry)], ["pull", "tuned"]):
-        done = subprocess.run(
-            [str(BASTION), "models", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = bastion_models(env, *args)
         assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (root / "mine").iterdir()) == ["chat.jinja", "tuned.gguf"]
     server = start_server(home, "--model", "tuned", env=env)

@@ -315,21 +315,9 @@ class LlamaCppEngine:
             self._model.close()
 
     def _fail_all(self, error: BastionError) -> None:
-        items: list[tuple[_Request, _Item]] = [(r, error) for r in self._held]
-        self._held.clear()
-        self._outbox = []
-        while True:
-            try:
-                request = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if request is not None:
-                items.append((request, error))
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
-        for request, item in items:
-            by_loop.setdefault(request.loop, []).append((request, item))
-        for loop, batch in by_loop.items():
-            _deliver_soon(loop, batch)
+        held, self._held, self._outbox = self._held, set(), []
+        _deliver_all([(request, error) for request in held])
+        self._fail_queued(error)
 
     def _loop(self) -> None:
         running: list[_Sequence] = []
@@ -369,14 +357,9 @@ class LlamaCppEngine:
         ):
             return
         self._flushed_at = now
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
-        for request, item in _coalesce(self._outbox):
-            if _final(item):
-                self._held.discard(request)
-            by_loop.setdefault(request.loop, []).append((request, item))
-        self._outbox = []
-        for loop, items in by_loop.items():
-            _deliver_soon(loop, items)
+        items, self._outbox = _coalesce(self._outbox), []
+        self._held.difference_update(request for request, item in items if _final(item))
+        _deliver_all(items)
 
     def _receive(self, queue_: collections.deque[_Request | _Sequence], *, block: bool) -> bool:
         """Move new requests from the inbox to the run queue; True when asked to stop."""
@@ -629,6 +612,15 @@ def _final(item: _Item) -> bool:
 def _deliver(items: list[tuple[_Request, _Item]]) -> None:
     for request, item in items:
         request.out.put_nowait(item)
+
+
+def _deliver_all(items: list[tuple[_Request, _Item]]) -> None:
+    """One hand-off per event loop (tests may run several loops; the server has one)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
+    for request, item in items:
+        by_loop.setdefault(request.loop, []).append((request, item))
+    for loop, batch in by_loop.items():
+        _deliver_soon(loop, batch)
 
 
 def _deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, _Item]]) -> None:
