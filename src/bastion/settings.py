@@ -155,6 +155,15 @@ class StoreSettings(_Section):
     )
 
 
+class IntegritySettings(_Section):
+    require_signature: bool = Field(
+        default=True,
+        description="Serve only models whose manifest is signed by a trusted key "
+        "($BASTION_HOME/keys/trusted/). Models bastion imports or pulls itself, after checking "
+        "their digest, are signed with this server's own key.",
+    )
+
+
 class _YamlSource(InitSettingsSource):
     """Reads ``$BASTION_HOME/bastion.yaml`` when it exists."""
 
@@ -187,6 +196,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    integrity: IntegritySettings = Field(default_factory=IntegritySettings)
 
     @classmethod
     def settings_customise_sources(

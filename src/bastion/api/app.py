@@ -37,7 +37,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(
-            home, settings.server.default_model, engine_factory or build_engine, settings.engine
+            home,
+            settings.server.default_model,
+            engine_factory or build_engine,
+            settings.engine,
+            require_signature=settings.integrity.require_signature,
         )
         catalog = load_catalog(home, settings.store.allowed_roots)
         registry.add(catalog.get(settings.server.default_model))

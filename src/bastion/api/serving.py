@@ -72,9 +72,7 @@ class _Meta:
     @classmethod
     def new(cls, prefix: str, model: ServedModel) -> _Meta:
         info = model.info
-        return cls(
-            f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name, f"sha256:{info.digest}"
-        )
+        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), info.name, model.fingerprint)
 
     def head(self, obj: str) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -28,9 +29,15 @@ log = logging.getLogger(__name__)
 class ServedModel:
     """An engine behind its admission queue: what routes talk to."""
 
-    def __init__(self, engine: Engine, admission: Admission) -> None:
+    def __init__(self, engine: Engine, admission: Admission, local: LocalModel) -> None:
         self.engine = engine
         self.admission = admission
+        self.local = local
+
+    @property
+    def fingerprint(self) -> str:
+        """Which verified weights answered: the manifest's root digest and its signer."""
+        return f"sha256:{self.local.manifest_digest}/key:{self.local.signer or 'unsigned'}"
 
     @property
     def info(self) -> ModelInfo:
@@ -64,12 +71,19 @@ class _Entry:
 
 class ModelRegistry:
     def __init__(
-        self, home: Path, default_model: str, factory: EngineFactory, settings: EngineSettings
+        self,
+        home: Path,
+        default_model: str,
+        factory: EngineFactory,
+        settings: EngineSettings,
+        *,
+        require_signature: bool = True,
     ) -> None:
         self._home = home
         self._default = default_model
         self._factory = factory
         self._settings = settings
+        self._require_signature = require_signature
         self._entries: dict[str, _Entry] = {}
 
     @property
@@ -87,7 +101,11 @@ class ModelRegistry:
         name = entry.model.name
         try:
             await asyncio.to_thread(prepare, self._home, entry.model)
-            local = await asyncio.to_thread(verify_local, self._home, entry.model)
+            local = await asyncio.to_thread(
+                functools.partial(verify_local, require_signature=self._require_signature),
+                self._home,
+                entry.model,
+            )
             engine = self._factory(local)
             await engine.start()
         except BastionError as exc:
@@ -99,7 +117,7 @@ class ModelRegistry:
             log.exception("model %s failed to load", name)
             return
         admission = Admission(lambda: engine.running, self._settings.max_queue)
-        entry.engine, entry.served = engine, ServedModel(engine, admission)
+        entry.engine, entry.served = engine, ServedModel(engine, admission, local)
         entry.state = ModelState.READY
         entry.load_seconds = time.perf_counter() - started
         log.info("model %s ready (sha256 %s) in %.2fs", name, local.sha256, entry.load_seconds)

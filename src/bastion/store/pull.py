@@ -14,6 +14,7 @@ from pathlib import Path
 from bastion.catalog import ModelDef
 from bastion.errors import ModelLoadError
 from bastion.integrity.manifest import MANIFEST_NAME, write_manifest
+from bastion.integrity.trust import local_key, sign_directory
 from bastion.settings import StoreSettings, ensure_dir
 from bastion.store.download import Progress, UrlPolicy, download
 from bastion.store.package import import_from_package, model_dir, record_local
@@ -62,6 +63,7 @@ def pull(
     else:
         names = _pull_hf(model, staging, settings)
     write_manifest(staging, names)
+    sign_directory(staging, local_key(home))  # digest checked on the way in: vouch for it
     target = model_dir(home, model.name)
     if target.exists():
         shutil.rmtree(target)

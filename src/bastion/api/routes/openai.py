@@ -14,7 +14,7 @@ from bastion.api import serving
 from bastion.api.errors import from_validation_error
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
 from bastion.errors import InvalidRequestError, MalformedJSONError, ModelNotFoundError
-from bastion.router import ModelRegistry
+from bastion.router import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -58,32 +58,29 @@ async def completions(request: Request) -> Response:
     return await serving.complete_text(model, body, request.receive)
 
 
-def _model_card(name: str, created: int, digest: str, context_length: int) -> dict[str, Any]:
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    info, local = served.info, served.local
     return {
-        "id": name,
+        "id": info.name,
         "object": "model",
-        "created": created,
+        "created": info.created,
         "owned_by": "bastion",
-        "digest": f"sha256:{digest}",
-        "context_length": context_length,
+        "digest": f"sha256:{info.digest}",
+        "manifest_digest": f"sha256:{local.manifest_digest}",
+        "signer": local.signer,
+        "context_length": info.context_length,
     }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    cards = [
-        _model_card(e.info.name, e.info.created, e.info.digest, e.info.context_length)
-        for e in _registry(request).served()
-    ]
+    cards = [_model_card(served) for served in _registry(request).served()]
     return JSONResponse({"object": "list", "data": cards})
 
 
 @router.get("/v1/models/{name}")
 async def get_model(request: Request, name: str) -> JSONResponse:
     for served in _registry(request).served():
-        info = served.info
-        if info.name == name:
-            return JSONResponse(
-                _model_card(info.name, info.created, info.digest, info.context_length)
-            )
+        if served.info.name == name:
+            return JSONResponse(_model_card(served))
     raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")

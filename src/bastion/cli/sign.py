@@ -1,0 +1,79 @@
+"""``bastion sign``: keys and minisign-compatible signatures over model manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bastion.integrity.signing import PublicKey, SignatureError
+from bastion.integrity.trust import (
+    IntegrityError,
+    check_directory,
+    generate_key,
+    keys_dir,
+    local_key,
+    sign_directory,
+    trust,
+    trusted_keys,
+)
+from bastion.settings import ensure_dir, home_dir
+
+app = typer.Typer(help="Sign model manifests and verify them.", no_args_is_help=True)
+
+
+@app.command()
+def keygen(force: Annotated[bool, typer.Option(help="Replace an existing key.")] = False) -> None:
+    """Create this server's signing key (0600) and trust its public key."""
+    home = ensure_dir(home_dir())
+    try:
+        key = generate_key(home, force=force)
+    except IntegrityError as exc:
+        typer.echo(f"bastion: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"key {key.public.id_text}: {keys_dir(home) / 'signing.key'} (private, 0600), "
+        f"{keys_dir(home) / 'signing.pub'} (minisign public key)"
+    )
+
+
+@app.command("sign")
+def sign_command(directory: Path) -> None:
+    """Sign DIR/CHECKSUMS.sha256 with this server's key (DIR/CHECKSUMS.sha256.minisig)."""
+    home = ensure_dir(home_dir())
+    try:
+        path = sign_directory(directory, local_key(home))
+    except FileNotFoundError:
+        typer.echo(f"bastion: {directory} has no CHECKSUMS.sha256 to sign", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"signed: {path}")
+
+
+@app.command("verify")
+def verify_command(directory: Path) -> None:
+    """Check DIR's signature against the trusted keys, then every file. Exit 1 on failure."""
+    home = ensure_dir(home_dir())
+    try:
+        provenance = check_directory(directory, trusted_keys(home), require_signature=True)
+    except IntegrityError as exc:
+        typer.echo(f"FAILED: {exc.message}", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"OK: {len(provenance.manifest.entries)} files, manifest "
+        f"sha256:{provenance.root_digest}, signed by {provenance.signer}"
+    )
+
+
+@app.command("trust")
+def trust_command(public_key: Path) -> None:
+    """Trust a signer's minisign public key (copied to $BASTION_HOME/keys/trusted/)."""
+    home = ensure_dir(home_dir())
+    try:
+        key = PublicKey.parse(public_key.read_text(encoding="utf-8"))
+    except (OSError, SignatureError) as exc:
+        typer.echo(f"bastion: {public_key}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"trusted key {key.id_text}: {trust(home, key)}")
