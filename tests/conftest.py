@@ -15,18 +15,22 @@ from bastion.store.package import locate_package_file
 BASTION = Path(sys.executable).with_name("bastion")
 
 
-def bastion_models(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``bastion models ARGS`` with ``env`` over a clean environment."""
+def bastion_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bastion ARGS`` with ``env`` over a clean environment."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "HF_"))}
     environ.update({"COLUMNS": "200", **env})
     return subprocess.run(
-        [str(BASTION), "models", *args],
+        [str(BASTION), *args],
         env=environ,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def bastion_models(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return bastion_command(env, "models", *args)
 
 
 @pytest.fixture(scope="session")

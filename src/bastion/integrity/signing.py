@@ -164,7 +164,9 @@ class Verified:
 
 def verify(data: bytes, minisig: str, trusted: list[PublicKey]) -> Verified:
     """Check ``minisig`` over ``data`` against the trusted keys; SignatureError otherwise."""
-    lines = minisig.splitlines()
+    # Only "\n" separates lines: splitlines() would also split on \v, \f and others,
+    # letting a changed byte leave the parsed lines intact.
+    lines = [line.removesuffix("\r") for line in minisig.split("\n")]
     if len(lines) < 4 or not lines[0].startswith(UNTRUSTED) or not lines[2].startswith(TRUSTED):
         raise SignatureError("signature file: not in minisign format")
     raw = _b64(lines[1], "signature")
