@@ -279,3 +279,22 @@ def test_time_slicing_starts_waiting_requests_before_running_ones_end(
     long_text, _ = asyncio.run(scenario())
     assert events.index("short first") < events.index("long done")
     assert long_text == long_alone  # paused and resumed bit for bit
+
+
+def test_weights_replaced_after_verification_are_refused(
+    smollm2_file: Path, tmp_path: Path
+) -> None:
+    from bastion.errors import ModelLoadError  # noqa: PLC0415
+    from bastion.integrity.verify import file_identity  # noqa: PLC0415
+
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(smollm2_file.read_bytes())
+    verified = file_identity(weights)
+    replacement = tmp_path / "other.gguf"
+    replacement.write_bytes(smollm2_file.read_bytes())
+    replacement.replace(weights)  # same bytes, different file: still not what was verified
+    eng = LlamaCppEngine(
+        "swapped", weights, "0" * 64, EngineSettings(threads=1, slots=1), identity=verified
+    )
+    with pytest.raises(ModelLoadError, match="replaced between verification and load"):
+        asyncio.run(eng.start())

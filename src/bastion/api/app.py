@@ -31,7 +31,12 @@ def create_app(
         if model.ctx is not None:  # the catalog entry's context length wins for this model
             engine = engine.model_copy(update={"ctx_per_slot": model.ctx})
         return LlamaCppEngine(
-            model.name, model.weights, model.sha256, engine, chat_template=model.chat_template
+            model.name,
+            model.weights,
+            model.sha256,
+            engine,
+            chat_template=model.chat_template,
+            identity=model.identity,
         )
 
     @asynccontextmanager

@@ -19,6 +19,18 @@ SIGNATURE_NAME = MANIFEST_NAME + ".minisig"
 DEFAULT_IGNORE = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 
+FileIdentity = tuple[int, int, int, int]
+"""(device, inode, size, mtime in ns): a file replaced or rewritten gets a new one."""
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 @dataclass
 class Report:
     missing: list[str] = field(default_factory=list)

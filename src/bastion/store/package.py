@@ -28,7 +28,7 @@ from bastion.integrity.trust import (
     sign_directory,
     trusted_keys,
 )
-from bastion.integrity.verify import SIGNATURE_NAME
+from bastion.integrity.verify import SIGNATURE_NAME, FileIdentity, file_identity
 from bastion.settings import ensure_dir
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class LocalModel:
     """Root digest of the signed manifest (SHA-256 of its canonical text)."""
     signer: str | None = None
     """Key id of the trusted signer of the manifest."""
+    identity: FileIdentity | None = None
+    """The verified weights file's identity; the engine checks it again after loading."""
 
 
 def _distribution(name: str) -> importlib.metadata.Distribution:
@@ -195,6 +197,7 @@ def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False
         raise ModelLoadError(f"model '{model.name}': the catalog entry names no weights file")
     # A local model's files stay where the operator keeps them; only its manifest is ours.
     weights = (model.local_path or directory) / name
+    before = file_identity(weights)
     try:
         provenance = check_directory(
             directory,
@@ -204,6 +207,8 @@ def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False
         )
     except IntegrityError as exc:
         raise ModelLoadError(f"model '{model.name}' refused: {exc.message}") from None
+    if before is None or file_identity(weights) != before:
+        raise ModelLoadError(f"model '{model.name}': {weights} changed while it was verified")
     actual = provenance.manifest.entries.get(name)
     if actual is None:
         raise ModelLoadError(f"model '{model.name}': {name} is not listed in {MANIFEST_NAME}")
@@ -224,4 +229,5 @@ def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False
         template,
         provenance.root_digest,
         provenance.signer,
+        before,
     )

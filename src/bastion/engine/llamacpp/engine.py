@@ -43,6 +43,7 @@ from bastion.errors import (
     ModelLoadError,
     ServiceUnavailableError,
 )
+from bastion.integrity.verify import FileIdentity, file_identity
 from bastion.log import request_id_var
 from bastion.settings import EngineSettings
 
@@ -106,8 +107,10 @@ class LlamaCppEngine:
         settings: EngineSettings,
         *,
         chat_template: str | None = None,
+        identity: FileIdentity | None = None,
     ) -> None:
         self._name = name
+        self._identity = identity
         self._chat_template = chat_template
         self._weights = weights
         self._digest = digest
@@ -245,6 +248,8 @@ class LlamaCppEngine:
                 else ModelLoadError(f"model '{self._name}' failed to load")
             )
             log.exception("loading %s failed", self._name)
+            if self._model is not None:
+                self._model.close()
             self._loaded.set()
             return
         self._loaded.set()
@@ -262,6 +267,12 @@ class LlamaCppEngine:
         started = time.perf_counter()
         settings = self._settings
         self._model = model = LlamaModel(self._weights)
+        if self._identity is not None and file_identity(self._weights) != self._identity:
+            # Swapped between verification and load: what llama.cpp mapped is unverified.
+            raise ModelLoadError(
+                f"model '{self._name}': {self._weights.name} was replaced between "
+                "verification and load; refusing it"
+            )
         ctx_per_slot = min(settings.ctx_per_slot, model.n_ctx_train or settings.ctx_per_slot)
         params = ll.llama_context_default_params()
         params.n_ctx = ctx_per_slot * settings.slots
