@@ -27,3 +27,24 @@ def test_every_kind_of_drift_is_named(tmp_path: Path) -> None:
     assert f".pth file changed: {tmp_path / 'a.pth'}" in text
     assert f"new .pth file: {tmp_path / 'new.pth'}" in text
     assert f".pth file removed: {tmp_path / 'gone.pth'}" in text
+
+
+def test_deployed_files_are_compared_with_their_canonical_copies(tmp_path: Path) -> None:
+    import json  # noqa: PLC0415
+
+    from bastion.integrity.drift import deployed_drift  # noqa: PLC0415
+
+    canonical = tmp_path / "bastion.service.canonical"
+    deployed = tmp_path / "bastion.service"
+    canonical.write_text("[Service]\nExecStart=/usr/bin/bastion serve\n")
+    deployed.write_text(canonical.read_text())
+    registry = tmp_path / "deployed.json"
+    registry.write_text(json.dumps([{"path": str(deployed), "canonical": str(canonical)}]))
+    assert deployed_drift(registry) == []
+    deployed.write_text("[Service]\nExecStart=/tmp/evil\n")
+    assert deployed_drift(registry) == [
+        f"deployed file differs from its canonical copy: {deployed}"
+    ]
+    deployed.unlink()
+    assert deployed_drift(registry) == [f"deployed file missing: {deployed}"]
+    assert deployed_drift(tmp_path / "none.json") == []

@@ -12,7 +12,14 @@ import typer
 
 from bastion.catalog import load_catalog
 from bastion.errors import BastionError
-from bastion.integrity.drift import LOCK_NAME, EnvSnapshot, compare, snapshot
+from bastion.integrity.drift import (
+    DEPLOYED_NAME,
+    LOCK_NAME,
+    EnvSnapshot,
+    compare,
+    deployed_drift,
+    snapshot,
+)
 from bastion.settings import ensure_dir, home_dir, load_settings
 from bastion.store.package import verify_local
 from bastion.store.pull import state
@@ -59,10 +66,15 @@ def check(
         report["environment"] = compare(EnvSnapshot.from_json(lock.read_text("utf-8")), snapshot())
     else:
         report["notes"].append("environment not checked: run `bastion integrity freeze` first")
-    report["notes"].append("deployed files: none registered (bastion deploy installs them)")
-    failures = [
-        f"model {n}: {m['problem']}" for n, m in report["models"].items() if not m["ok"]
-    ] + [f"environment: {p}" for p in report["environment"]]
+    registry = home / "integrity" / DEPLOYED_NAME
+    report["deployed_files"] = deployed_drift(registry)
+    if not registry.is_file():
+        report["notes"].append("deployed files: none registered (bastion deploy registers them)")
+    failures = (
+        [f"model {n}: {m['problem']}" for n, m in report["models"].items() if not m["ok"]]
+        + [f"environment: {p}" for p in report["environment"]]
+        + [f"deployed: {p}" for p in report["deployed_files"]]
+    )
     report["ok"] = not failures
     if failures:
         _alert(home, failures)
@@ -76,6 +88,8 @@ def check(
             )
         for problem in report["environment"]:
             typer.echo(f"FAIL environment: {problem}")
+        for problem in report["deployed_files"]:
+            typer.echo(f"FAIL deployed: {problem}")
         for note in report["notes"]:
             typer.echo(f"note {note}")
     raise typer.Exit(0 if report["ok"] else 1)

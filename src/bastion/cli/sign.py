@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from bastion.integrity.signing import PublicKey, SignatureError
 from bastion.integrity.trust import (
@@ -54,8 +56,21 @@ def sign_command(directory: Path) -> None:
 def verify_command(directory: Path) -> None:
     """Check DIR's signature against the trusted keys, then every file. Exit 1 on failure."""
     home = ensure_dir(home_dir())
+    total = (
+        sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        if (directory.is_dir())
+        else 0
+    )
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
     try:
-        provenance = check_directory(directory, trusted_keys(home), require_signature=True)
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("hashing", total=total)
+            provenance = check_directory(
+                directory,
+                trusted_keys(home),
+                require_signature=True,
+                progress=lambda done: bar.advance(task, done),
+            )
     except IntegrityError as exc:
         typer.echo(f"FAILED: {exc.message}", err=True)
         for problem in exc.problems:

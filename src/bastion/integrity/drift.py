@@ -76,3 +76,23 @@ def compare(lock: EnvSnapshot, now: EnvSnapshot) -> list[str]:
             problems.append(f".pth file changed: {path}")
     problems += [f".pth file removed: {path}" for path in sorted(lock.pth) if path not in now.pth]
     return problems
+
+
+DEPLOYED_NAME = "deployed.json"
+
+
+def deployed_drift(registry: Path) -> list[str]:
+    """Deployed files against their canonical copies, as ``bastion deploy`` registers them
+    in ``$BASTION_HOME/integrity/deployed.json``: ``[{"path": ..., "canonical": ...}]``."""
+    if not registry.is_file():
+        return []
+    problems = []
+    for entry in json.loads(registry.read_text(encoding="utf-8")):
+        deployed, canonical = Path(entry["path"]), Path(entry["canonical"])
+        if not deployed.is_file():
+            problems.append(f"deployed file missing: {deployed}")
+        elif not canonical.is_file():
+            problems.append(f"canonical copy missing: {canonical}")
+        elif hash_file(deployed) != hash_file(canonical):
+            problems.append(f"deployed file differs from its canonical copy: {deployed}")
+    return problems

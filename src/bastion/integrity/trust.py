@@ -8,6 +8,7 @@ signature over ``CHECKSUMS.sha256`` first and only then the files against it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,12 @@ def sign_directory(directory: Path, key: SecretKey) -> Path:
 
 
 def check_directory(
-    directory: Path, trusted: list[PublicKey], *, require_signature: bool, files: Path | None = None
+    directory: Path,
+    trusted: list[PublicKey],
+    *,
+    require_signature: bool,
+    files: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Provenance:
     """Signature first, then every file; IntegrityError naming what failed."""
     try:
@@ -125,7 +131,7 @@ def check_directory(
         except SignatureError as exc:
             raise IntegrityError(f"{directory / MANIFEST_NAME}: {exc}") from None
         signer = verified.key.id_text
-    report: Report = verify_directory(directory, manifest, files=files)
+    report: Report = verify_directory(directory, manifest, files=files, progress=progress)
     if not report.ok:
         problems = report.problems()
         raise IntegrityError(

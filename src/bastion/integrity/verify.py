@@ -81,6 +81,7 @@ def verify_directory(
     *,
     ignore: frozenset[str] = DEFAULT_IGNORE,
     files: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Compare ``directory`` with ``manifest``. With ``files`` (a local model's own directory,
     which may hold other things) only the listed files are checked, there."""
@@ -110,7 +111,7 @@ def verify_directory(
             report.missing.append(name)
         elif stat.S_ISREG(found.st_mode):
             to_hash.append(name)
-    digests = hash_files([base / n for n in to_hash])
+    digests = hash_files([base / n for n in to_hash], progress=progress)
     report.mismatched = [
         n for n, d in zip(to_hash, digests, strict=True) if d != manifest.entries[n]
     ]
