@@ -41,11 +41,17 @@ class SignatureError(ValueError):
     """The signature does not verify, or a key or signature file is malformed."""
 
 
-def _b64(line: str, what: str) -> bytes:
+def _b64(line: str, what: str, *, strict: bool = False) -> bytes:
+    text = line if strict else line.strip()
     try:
-        return base64.b64decode(line.strip(), validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError(f"{what}: not valid base64") from None
+    # Only the canonical encoding: unused low bits of the last character must be zero, or
+    # several texts would decode to the same signature.
+    if strict and base64.b64encode(raw).decode() != text:
+        raise SignatureError(f"{what}: not canonical base64")
+    return raw
 
 
 def key_id_text(key_id: bytes) -> str:
@@ -166,10 +172,17 @@ def verify(data: bytes, minisig: str, trusted: list[PublicKey]) -> Verified:
     """Check ``minisig`` over ``data`` against the trusted keys; SignatureError otherwise."""
     # Only "\n" separates lines: splitlines() would also split on \v, \f and others,
     # letting a changed byte leave the parsed lines intact.
-    lines = [line.removesuffix("\r") for line in minisig.split("\n")]
-    if len(lines) < 4 or not lines[0].startswith(UNTRUSTED) or not lines[2].startswith(TRUSTED):
+    # "\r\n" is tolerated; a "\r" that ends no line is not.
+    parts = minisig.split("\n")
+    lines = [line.removesuffix("\r") for line in parts[:-1]] + parts[-1:]
+    if (
+        len(lines) < 4
+        or any(lines[4:])
+        or not lines[0].startswith(UNTRUSTED)
+        or not lines[2].startswith(TRUSTED)
+    ):
         raise SignatureError("signature file: not in minisign format")
-    raw = _b64(lines[1], "signature")
+    raw = _b64(lines[1], "signature", strict=True)
     if len(raw) != 74 or raw[:2] not in (b"ED", b"Ed"):
         raise SignatureError("signature file: not an Ed25519 minisign signature")
     key_id, signature = raw[2:10], raw[10:]
@@ -180,7 +193,7 @@ def verify(data: bytes, minisig: str, trusted: list[PublicKey]) -> Verified:
         )
     message = hashlib.blake2b(data, digest_size=64).digest() if raw[:2] == b"ED" else data
     comment = lines[2][len(TRUSTED) :]
-    global_sig = _b64(lines[3], "global signature")
+    global_sig = _b64(lines[3], "global signature", strict=True)
     if not key.verify_raw(signature, message) or not key.verify_raw(
         global_sig, signature + comment.encode()
     ):
