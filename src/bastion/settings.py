@@ -65,6 +65,11 @@ class ServerSettings(_Section):
         le=3600,
         description="Seconds running requests may take to finish after SIGTERM.",
     )
+    trusted_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names accepted in the Host header on loopback listeners besides "
+        "localhost and loopback addresses (anything else gets 403: DNS rebinding).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level for bastion and uvicorn."
     )
@@ -164,6 +169,13 @@ class IntegritySettings(_Section):
     )
 
 
+class AuthSettings(_Section):
+    loopback_bypass: bool = Field(
+        default=True,
+        description="Callers on 127.0.0.0/8 or ::1 need no API key.",
+    )
+
+
 class _YamlSource(InitSettingsSource):
     """Reads ``$BASTION_HOME/bastion.yaml`` when it exists."""
 
@@ -197,6 +209,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @classmethod
     def settings_customise_sources(

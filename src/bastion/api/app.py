@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,16 +11,31 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from bastion.api.errors import install_handlers
+from bastion.api.middleware.auth import DISABLED_WARNING_EVERY, AuthMiddleware, auth_disabled
 from bastion.api.middleware.body_limit import BodyLimitMiddleware
 from bastion.api.middleware.request_id import RequestIdMiddleware
+from bastion.api.middleware.trusted_host import TrustedHostMiddleware
 from bastion.api.routes import admin, openai, ops
 from bastion.catalog import load_catalog
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.router import ModelRegistry
 from bastion.router.registry import EngineFactory
+from bastion.security.api_keys import KeyStore
 from bastion.settings import Settings
 from bastion.store.package import LocalModel
+
+log = logging.getLogger(__name__)
+
+
+async def _warn_while_open() -> None:
+    """With authentication disabled, say so at start and every hour after."""
+    while True:
+        log.warning(
+            "authentication is DISABLED (BASTION_DISABLE_AUTH=1): anyone who can "
+            "reach this server can use it"
+        )
+        await asyncio.sleep(DISABLED_WARNING_EVERY)
 
 
 def create_app(
@@ -53,9 +70,12 @@ def create_app(
         app.state.registry = registry
         app.state.catalog = catalog
         app.state.home = home
+        nag = asyncio.create_task(_warn_while_open()) if auth_disabled() else None
         try:
             yield
         finally:
+            if nag is not None:
+                nag.cancel()
             await registry.close()
 
     app = FastAPI(title="bastion", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -64,7 +84,15 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    # Added last = outermost: the request id exists before anything else runs.
+    # Added last = outermost. Order of execution: request id, trusted host, authentication,
+    # body limit, then the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        AuthMiddleware,
+        keys=KeyStore(home),
+        loopback_bypass=settings.auth.loopback_bypass,
+        disabled=auth_disabled(),
+    )
+    app.add_middleware(TrustedHostMiddleware, trusted=settings.server.trusted_hosts)
     app.add_middleware(RequestIdMiddleware)
     return app

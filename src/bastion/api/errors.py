@@ -38,7 +38,9 @@ async def send_error(send: Send, error: BastionError) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                # the request body may be unread: do not reuse this connection
                 (b"connection", b"close"),
+                *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
             ],
         }
     )

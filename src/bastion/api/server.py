@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from bastion.api.app import create_app
+from bastion.api.middleware.auth import auth_disabled, is_loopback
 from bastion.errors import ConfigError
 from bastion.settings import Settings
 
@@ -34,6 +35,43 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+LOOPBACK_CAPABLE = frozenset({"127.0.0.1", "::1", "[::1]", "0.0.0.0", "::", "[::]", "localhost"})
+
+
+def bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+    """Bind every host. A non-loopback address that fails (an interface not up yet) is logged
+    and skipped; without at least one loopback-capable bind the server does not start."""
+    if auth_disabled() and any(not _loopback_host(h) for h in hosts):
+        raise ConfigError(
+            "refusing to listen beyond loopback while authentication is "
+            "disabled (BASTION_DISABLE_AUTH=1)"
+        )
+    sockets: list[socket.socket] = []
+    for host in hosts:
+        try:
+            sockets.append(bind("127.0.0.1" if host == "localhost" else host, port))
+        except ConfigError as exc:
+            if host in LOOPBACK_CAPABLE:
+                log.error("%s", exc.message)  # noqa: TRY400 - the message says it all
+            else:
+                log.warning("%s; skipping it (it may come up later)", exc.message)
+    if not any(h in LOOPBACK_CAPABLE for h in _bound_hosts(sockets)):
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(
+            "no loopback-capable address (127.0.0.1, ::1, 0.0.0.0, ::) could be bound; not starting"
+        )
+    return sockets
+
+
+def _bound_hosts(sockets: list[socket.socket]) -> list[str]:
+    return [str(sock.getsockname()[0]) for sock in sockets]
+
+
+def _loopback_host(host: str) -> bool:
+    return host == "localhost" or is_loopback(host.strip("[]"))
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -41,7 +79,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def serve(settings: Settings, home: Path) -> None:
     """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish."""
     server_settings = settings.server
-    sockets = [bind(host, server_settings.port) for host in server_settings.host]
+    sockets = bind_all(server_settings.host, server_settings.port)
     config = uvicorn.Config(
         create_app(settings, home),
         log_config=None,

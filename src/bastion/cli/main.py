@@ -7,7 +7,7 @@ import sys
 import typer
 
 from bastion import __version__
-from bastion.cli import integrity, models, sign
+from bastion.cli import integrity, keys, models, sign
 from bastion.cli.serve import serve_command
 from bastion.errors import BastionError
 
@@ -22,6 +22,7 @@ app.command("serve")(serve_command)
 app.add_typer(models.app, name="models")
 app.add_typer(sign.app, name="sign")
 app.add_typer(integrity.app, name="integrity")
+app.add_typer(keys.app, name="keys")
 
 
 @app.command("version")

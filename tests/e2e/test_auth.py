@@ -1,0 +1,215 @@
+"""Authentication and trusted hosts over real sockets. With the loopback bypass off, a
+loopback client stands in for a remote caller."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import bastion_command
+from tests.e2e.conftest import Server, start_server
+
+pytestmark = pytest.mark.e2e
+MODEL = "smollm2-135m-instruct"
+
+
+def raw_get(server: Server, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """A request with headers exactly as given (httpx would refuse some of them)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        lines = [
+            f"GET {path} HTTP/1.1".encode(),
+            *(k + b": " + v for k, v in headers),
+            b"Connection: close",
+            b"",
+            b"",
+        ]
+        sock.sendall(b"\r\n".join(lines))
+        status_line = sock.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, shared_home: Path
+) -> Iterator[tuple[Server, str]]:
+    env = {"BASTION_HOME": str(shared_home)}
+    created = bastion_command(env, "keys", "create", "ci-client")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    server = start_server(
+        shared_home,
+        env={
+            "BASTION_AUTH__LOOPBACK_BYPASS": "false",
+            "BASTION_SERVER__TRUSTED_HOSTS": '["bastion.lan"]',
+        },
+        wait_ready=False,
+    )
+    try:
+        yield server, token
+    finally:
+        server.stop()
+        bastion_command(env, "keys", "revoke", "ci-client")
+
+
+def test_keys_are_stored_as_hashes_only(keyed: tuple[Server, str], shared_home: Path) -> None:
+    _, token = keyed
+    stored = shared_home / "keys" / "api-keys.json"
+    assert token not in stored.read_text()
+    assert oct(stored.stat().st_mode & 0o777) == "0o600"
+    assert len(token) >= 4 + 43  # prefix + 256 bits in url-safe base64
+
+
+def test_health_is_open_everything_else_needs_a_key(keyed: tuple[Server, str]) -> None:
+    server, token = keyed
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    missing = httpx.get(f"{server.v1}/models")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["error"]["code"] == "invalid_api_key"
+    ok = httpx.get(f"{server.v1}/models", headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code in (200, 503)  # 503 only while the model still loads
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Bearer bst_wrong",
+        b"Basic dXNlcjpwYXNz",
+        b"Bearer",
+        b"Bearer " + b"x" * 5000,
+        b"Token abc",
+        "Bearer bst_\u00e9\u00e9".encode(),
+    ],
+)
+def test_bad_credentials_get_401_never_500(keyed: tuple[Server, str], header: bytes) -> None:
+    server, _ = keyed
+    assert (
+        raw_get(server, "/v1/models", [(b"Host", b"127.0.0.1"), (b"Authorization", header)]) == 401
+    )
+
+
+def test_the_scheme_is_case_insensitive(keyed: tuple[Server, str]) -> None:
+    server, token = keyed
+    response = httpx.get(f"{server.v1}/models", headers={"Authorization": f"bearer {token}"})
+    assert response.status_code != 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//v1/models",
+        "/v1/../v1/models",
+        "/health/../v1/models",
+        "/v1/models/",
+        "/health%2F..%2Fv1/models",
+        "/v1%2Fmodels",
+        "/./v1/models",
+    ],
+)
+def test_path_tricks_do_not_get_around_auth(keyed: tuple[Server, str], path: str) -> None:
+    server, _ = keyed
+    status = raw_get(server, path, [(b"Host", b"127.0.0.1")])
+    assert status == 401
+
+
+def test_a_crafted_host_does_not_reach_the_allowlist(keyed: tuple[Server, str]) -> None:
+    server, _ = keyed
+    assert raw_get(server, "/v1/models", [(b"Host", b"x/health?")]) in (401, 403)
+
+
+def test_revoked_key_stops_working_on_a_running_server(
+    shared_home: Path, keyed: tuple[Server, str]
+) -> None:
+    server, _ = keyed
+    env = {"BASTION_HOME": str(shared_home)}
+    token = bastion_command(env, "keys", "create", "short-lived").stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server.v1}/models", headers=headers).status_code != 401
+    assert bastion_command(env, "keys", "revoke", "short-lived").returncode == 0
+    assert httpx.get(f"{server.v1}/models", headers=headers).status_code == 401
+
+
+def test_openai_sdk_with_a_key(keyed: tuple[Server, str]) -> None:
+    server, token = keyed
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.v1, api_key="bst_nope", max_retries=0).models.list()
+    models = openai.OpenAI(base_url=server.v1, api_key=token, max_retries=0)
+    assert models.models.list() is not None
+
+
+def test_dns_rebinding_host_is_refused(keyed: tuple[Server, str]) -> None:
+    server, token = keyed
+    auth = (b"Authorization", f"Bearer {token}".encode())
+    assert raw_get(server, "/health", [(b"Host", b"evil.example")]) == 403
+    assert raw_get(server, "/health", [(b"Host", b"localhost:8000")]) == 200
+    assert raw_get(server, "/health", [(b"Host", b"[::1]:8000")]) == 200
+    assert raw_get(server, "/health", [(b"Host", b"bastion.lan")]) == 200
+    assert raw_get(server, "/v1/models", [(b"Host", b"evil.example"), auth]) == 403
+
+
+def test_without_any_key_remote_callers_are_refused(tmp_path: Path, shared_home: Path) -> None:
+    """Fail closed: a fresh home has no keys."""
+    home = tmp_path / "nokeys"
+    home.mkdir()
+    (home / "models").symlink_to(shared_home / "models")
+    (home / "keys").mkdir()
+    for name in ("signing.key", "signing.pub", "trusted"):
+        (home / "keys" / name).symlink_to(shared_home / "keys" / name)
+    server = start_server(home, env={"BASTION_AUTH__LOOPBACK_BYPASS": "false"}, wait_ready=False)
+    try:
+        response = httpx.get(f"{server.v1}/models", headers={"Authorization": "Bearer x"})
+        assert response.status_code == 401
+        assert "No API keys are configured" in response.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_loopback_bypass_over_ipv4_and_ipv6(shared_home: Path) -> None:
+    hosts = ["--host", "127.0.0.1"]
+    if socket.has_ipv6:
+        hosts += ["--host", "::1"]
+    server = start_server(shared_home, *hosts)
+    try:
+        assert httpx.get(f"{server.v1}/models").status_code == 200
+        line = next((ln for ln in server.log if "listening on http://[::1]" in ln), None)
+        if line is not None:
+            url = line.split("listening on ")[1].strip()
+            assert httpx.get(f"{url}/models").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_binds_skip_missing_interfaces_but_need_loopback(shared_home: Path) -> None:
+    """192.0.2.1 (TEST-NET) is on no interface here: binding it fails without any traffic."""
+    env = {"BASTION_HOME": str(shared_home)}
+    alone = bastion_command(env, "serve", "--port", "0", "--host", "192.0.2.1")
+    assert alone.returncode == 2
+    assert "no loopback-capable address" in alone.stderr
+    opened = bastion_command(
+        {**env, "BASTION_DISABLE_AUTH": "1"}, "serve", "--port", "0", "--host", "0.0.0.0"
+    )
+    assert opened.returncode == 2
+    assert "authentication is disabled" in opened.stderr
+    server = start_server(shared_home, "--host", "127.0.0.1", "--host", "192.0.2.1")
+    try:
+        server.wait_for_log(r"192\.0\.2\.1.*skipping it")
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_disabled_auth_is_announced(shared_home: Path) -> None:
+    server = start_server(
+        shared_home, env={"BASTION_DISABLE_AUTH": "1", "BASTION_AUTH__LOOPBACK_BYPASS": "false"}
+    )
+    try:
+        assert httpx.get(f"{server.v1}/models").status_code == 200
+        server.wait_for_log("authentication is DISABLED")
+    finally:
+        server.stop()
