@@ -176,6 +176,14 @@ class AuthSettings(_Section):
     )
 
 
+class AuditSettings(_Section):
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        description="Size at which audit/audit.jsonl rotates (the hash chain continues).",
+    )
+
+
 class _YamlSource(InitSettingsSource):
     """Reads ``$BASTION_HOME/bastion.yaml`` when it exists."""
 
@@ -210,6 +218,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

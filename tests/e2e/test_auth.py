@@ -3,7 +3,9 @@ loopback client stands in for a remote caller."""
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +215,42 @@ def test_disabled_auth_is_announced(shared_home: Path) -> None:
         server.wait_for_log("authentication is DISABLED")
     finally:
         server.stop()
+
+
+def test_every_request_is_audited_with_who_and_what(
+    keyed: tuple[Server, str], shared_home: Path
+) -> None:
+    server, token = keyed
+    client = openai.OpenAI(base_url=server.v1, api_key=token, max_retries=0, timeout=60)
+    deadline = time.monotonic() + 60
+    while (
+        httpx.get(
+            f"{server.base_url}/ready", headers={"Authorization": f"Bearer {token}"}
+        ).status_code
+        != 200
+    ):
+        assert time.monotonic() < deadline
+    reply = client.completions.create(
+        model=MODEL,
+        prompt="Hi",
+        max_tokens=4,
+        stream=True,
+        extra_headers={"X-Request-Id": "audit-me-1"},
+    )
+    list(reply)
+    httpx.get(f"{server.v1}/models", headers={"X-Request-Id": "audit-me-2"})
+    records = [
+        json.loads(line)
+        for line in (shared_home / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    by_id = {r["request_id"]: r for r in records}
+    streamed = by_id["audit-me-1"]
+    assert streamed["identity"] == "key:ci-client"
+    assert streamed["model"] == MODEL
+    assert streamed["model_digest"].startswith("sha256:")
+    assert streamed["completion_tokens"] == 4
+    assert streamed["status"] == 200
+    assert "Hi" not in json.dumps(streamed)  # no prompt text
+    refused = by_id["audit-me-2"]
+    assert (refused["status"], refused["identity"]) == (401, None)
+    assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from bastion.api.errors import install_handlers
+from bastion.api.middleware.audit import AuditMiddleware
 from bastion.api.middleware.auth import DISABLED_WARNING_EVERY, AuthMiddleware, auth_disabled
 from bastion.api.middleware.body_limit import BodyLimitMiddleware
 from bastion.api.middleware.request_id import RequestIdMiddleware
@@ -22,6 +23,7 @@ from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.router import ModelRegistry
 from bastion.router.registry import EngineFactory
 from bastion.security.api_keys import KeyStore
+from bastion.security.audit import AuditLog
 from bastion.settings import Settings
 from bastion.store.package import LocalModel
 
@@ -84,8 +86,8 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    # Added last = outermost. Order of execution: request id, trusted host, authentication,
-    # body limit, then the routes.
+    # Added last = outermost. Order of execution: request id, audit, trusted host,
+    # authentication, body limit, then the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(
         AuthMiddleware,
@@ -94,5 +96,9 @@ def create_app(
         disabled=auth_disabled(),
     )
     app.add_middleware(TrustedHostMiddleware, trusted=settings.server.trusted_hosts)
+    # Outside auth and host checks, so refused requests are audited too (with their reason).
+    app.add_middleware(
+        AuditMiddleware, log=AuditLog(home / "audit", max_bytes=settings.audit.max_bytes)
+    )
     app.add_middleware(RequestIdMiddleware)
     return app

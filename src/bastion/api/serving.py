@@ -167,7 +167,9 @@ async def _run(
     shape: Shape,
     collect: Callable[[list[Chunk]], dict[str, Any]],
     plain: _PlainEvent | None,
+    record: dict[str, Any],
 ) -> Response:
+    """``record`` (the request's audit record) receives the token counts as they settle."""
     gen = aclosing(chunks)
     iterator = await gen.__aenter__()
     try:
@@ -180,6 +182,7 @@ async def _run(
             rest = await race_disconnect(_drain(iterator), receive)
         finally:
             await gen.__aexit__(None, None, None)
+        _account(record, rest[-1] if rest else first)
         return JSONResponse(collect([first, *rest]))
 
     async def events() -> AsyncIterator[bytes]:
@@ -201,10 +204,16 @@ async def _run(
             log.exception("stream failed after it began")
             yield _sse_error(EngineError("The engine failed while streaming."))
         finally:
+            _account(record, last)
             await gen.__aexit__(None, None, None)
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _account(record: dict[str, Any], last: Chunk) -> None:
+    record["prompt_tokens"] = last.prompt_tokens
+    record["completion_tokens"] = last.completion_tokens
 
 
 def _with_usage(event: dict[str, Any], include_usage: bool) -> dict[str, Any]:
@@ -221,7 +230,7 @@ async def _drain(iterator: AsyncIterator[Chunk]) -> list[Chunk]:
 
 
 async def complete_chat(
-    model: ServedModel, req: ChatCompletionRequest, receive: Receive
+    model: ServedModel, req: ChatCompletionRequest, receive: Receive, record: dict[str, Any]
 ) -> Response:
     params = req.to_generation_params()
     meta = _Meta.new("chatcmpl", model)
@@ -277,13 +286,16 @@ async def complete_chat(
         shape=shape,
         collect=collect,
         plain=plain,
+        record=record,
     )
 
 
 # ---- text completions --------------------------------------------------------------------
 
 
-async def complete_text(model: ServedModel, req: CompletionRequest, receive: Receive) -> Response:
+async def complete_text(
+    model: ServedModel, req: CompletionRequest, receive: Receive, record: dict[str, Any]
+) -> Response:
     params = req.to_generation_params()
     meta = _Meta.new("cmpl", model)
     echo = req.prompt_text if req.echo else ""
@@ -335,4 +347,5 @@ async def complete_text(model: ServedModel, req: CompletionRequest, receive: Rec
         shape=shape,
         collect=collect,
         plain=plain,
+        record=record,
     )

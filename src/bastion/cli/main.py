@@ -7,7 +7,7 @@ import sys
 import typer
 
 from bastion import __version__
-from bastion.cli import integrity, keys, models, sign
+from bastion.cli import audit, integrity, keys, models, sign
 from bastion.cli.serve import serve_command
 from bastion.errors import BastionError
 
@@ -23,6 +23,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(sign.app, name="sign")
 app.add_typer(integrity.app, name="integrity")
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 
 
 @app.command("version")

@@ -44,18 +44,25 @@ async def parse_body(request: Request, model: type[M]) -> M:
     return parsed
 
 
+def _audit(request: Request, model: ServedModel) -> dict[str, Any]:
+    """This request's audit record (written by the audit middleware when it ends)."""
+    record: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("audit", {})
+    record.update(model=model.info.name, model_digest=model.fingerprint)
+    return record
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     model = _registry(request).resolve(body.model)
-    return await serving.complete_chat(model, body, request.receive)
+    return await serving.complete_chat(model, body, request.receive, _audit(request, model))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     model = _registry(request).resolve(body.model)
-    return await serving.complete_text(model, body, request.receive)
+    return await serving.complete_text(model, body, request.receive, _audit(request, model))
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:

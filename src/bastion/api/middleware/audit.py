@@ -1,0 +1,50 @@
+"""Write one audit record per request after its response is complete (streams included)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.security.audit import AuditLog
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, log: AuditLog) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            state: dict[str, Any] = scope.get("state", {})
+            usage: dict[str, Any] = state.get("audit", {})
+            self.log.append(
+                {
+                    "time": dt.datetime.now(tz=dt.UTC).isoformat(timespec="milliseconds"),
+                    "request_id": state.get("request_id"),
+                    "identity": state.get("identity"),
+                    "route": f"{scope['method']} {scope['path']}",
+                    "model": usage.get("model"),
+                    "model_digest": usage.get("model_digest"),
+                    "status": status or 499,
+                    "prompt_tokens": usage.get("prompt_tokens"),
+                    "completion_tokens": usage.get("completion_tokens"),
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            )
