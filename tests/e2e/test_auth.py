@@ -254,3 +254,29 @@ def test_every_request_is_audited_with_who_and_what(
     refused = by_id["audit-me-2"]
     assert (refused["status"], refused["identity"]) == (401, None)
     assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0
+
+
+def test_metrics_are_prometheus_text_behind_auth(keyed: tuple[Server, str]) -> None:
+    server, token = keyed
+    assert httpx.get(f"{server.base_url}/metrics").status_code == 401
+    headers = {"Authorization": f"Bearer {token}"}
+    client = openai.OpenAI(base_url=server.v1, api_key=token, max_retries=0, timeout=60)
+    client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)
+    response = httpx.get(f"{server.base_url}/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        f'bastion:requests_total{{model="{MODEL}",status="200"}}',
+        f'bastion:generation_tokens_total{{model="{MODEL}"}}',
+        "bastion:time_to_first_token_seconds_bucket",
+        "bastion:inter_token_latency_seconds_bucket",
+        "bastion:e2e_request_latency_seconds_bucket",
+        "bastion:request_queue_time_seconds_bucket",
+        f'bastion:num_requests_running{{model="{MODEL}"}}',
+        f'bastion:num_requests_waiting{{model="{MODEL}"}}',
+        'bastion:auth_failures_total{reason="missing"}',
+        f'bastion:model_load_seconds{{model="{MODEL}"}}',
+        f'bastion:model_verification_seconds{{model="{MODEL}"}}',
+    ):
+        assert name in text, name

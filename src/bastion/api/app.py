@@ -20,6 +20,7 @@ from bastion.api.routes import admin, openai, ops
 from bastion.catalog import load_catalog
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
+from bastion.metrics import Metrics
 from bastion.router import ModelRegistry
 from bastion.router.registry import EngineFactory
 from bastion.security.api_keys import KeyStore
@@ -97,8 +98,11 @@ def create_app(
     )
     app.add_middleware(TrustedHostMiddleware, trusted=settings.server.trusted_hosts)
     # Outside auth and host checks, so refused requests are audited too (with their reason).
+    app.state.metrics = metrics = Metrics()
     app.add_middleware(
-        AuditMiddleware, log=AuditLog(home / "audit", max_bytes=settings.audit.max_bytes)
+        AuditMiddleware,
+        log=AuditLog(home / "audit", max_bytes=settings.audit.max_bytes),
+        metrics=metrics,
     )
     app.add_middleware(RequestIdMiddleware)
     return app

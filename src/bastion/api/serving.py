@@ -172,11 +172,14 @@ async def _run(
     """``record`` (the request's audit record) receives the token counts as they settle."""
     gen = aclosing(chunks)
     iterator = await gen.__aenter__()
+    started = time.perf_counter()
     try:
         first = await race_disconnect(anext(iterator), receive)
     except BaseException:
         await gen.__aexit__(None, None, None)
         raise
+    record["ttft"] = time.perf_counter() - started
+    record["queued"] = first.queued
     if not stream:
         try:
             rest = await race_disconnect(_drain(iterator), receive)

@@ -73,6 +73,8 @@ class Chunk:
     finish_reason: FinishReason | None = None
     cached_tokens: int = 0
     """Prompt tokens whose KV was reused from the prefix cache instead of computed."""
+    queued: float = 0.0
+    """Seconds the request waited for a slot before its prompt was processed."""
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class _Entry:
     served: ServedModel | None = None
     error: str | None = None
     load_seconds: float | None = None
+    verify_seconds: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -101,11 +102,13 @@ class ModelRegistry:
         name = entry.model.name
         try:
             await asyncio.to_thread(prepare, self._home, entry.model)
+            verify_started = time.perf_counter()
             local = await asyncio.to_thread(
                 functools.partial(verify_local, require_signature=self._require_signature),
                 self._home,
                 entry.model,
             )
+            entry.verify_seconds = time.perf_counter() - verify_started
             engine = self._factory(local)
             await engine.start()
         except BastionError as exc:
@@ -158,6 +161,7 @@ class ModelRegistry:
             state: dict[str, object] = {
                 "state": entry.state.value,
                 "load_seconds": entry.load_seconds,
+                "verify_seconds": entry.verify_seconds,
             }
             if detail:
                 state["error"] = entry.error

@@ -8,13 +8,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion.metrics import Metrics
 from bastion.security.audit import AuditLog
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, log: AuditLog) -> None:
+    def __init__(self, app: ASGIApp, log: AuditLog, metrics: Metrics) -> None:
         self.app = app
         self.log = log
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,6 +36,11 @@ class AuditMiddleware:
         finally:
             state: dict[str, Any] = scope.get("state", {})
             usage: dict[str, Any] = state.get("audit", {})
+            seconds = time.perf_counter() - started
+            self.metrics.observe(
+                {**usage, "status": status or 499, "auth_failure": state.get("auth_failure")},
+                seconds,
+            )
             self.log.append(
                 {
                     "time": dt.datetime.now(tz=dt.UTC).isoformat(timespec="milliseconds"),
@@ -45,6 +52,6 @@ class AuditMiddleware:
                     "status": status or 499,
                     "prompt_tokens": usage.get("prompt_tokens"),
                     "completion_tokens": usage.get("completion_tokens"),
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "duration_ms": round(seconds * 1000, 1),
                 }
             )

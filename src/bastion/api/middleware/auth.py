@@ -30,6 +30,11 @@ class AuthenticationError(BastionError):
     type = "invalid_request_error"
     code = "invalid_api_key"
 
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """For metrics: missing, malformed, no_keys or invalid."""
+
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="bastion"'}
 
@@ -71,6 +76,8 @@ class AuthMiddleware:
             return
         identity = self._identify(scope)
         if isinstance(identity, BastionError):
+            reason = identity.reason if isinstance(identity, AuthenticationError) else "other"
+            scope.setdefault("state", {})["auth_failure"] = reason
             await send_error(send, identity)
             return
         scope.setdefault("state", {})["identity"] = identity
@@ -90,7 +97,9 @@ class AuthMiddleware:
                 header = value
                 break
         if header is None:
-            return AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+            return AuthenticationError(
+                "Missing API key: send 'Authorization: Bearer <key>'.", reason="missing"
+            )
         scheme, _, token = header.partition(b" ")
         if (
             scheme.lower() != b"bearer"
@@ -98,13 +107,16 @@ class AuthMiddleware:
             or not token.isascii()
             or not (header.isascii())
         ):
-            return AuthenticationError("Malformed Authorization header; expected Bearer.")
+            return AuthenticationError(
+                "Malformed Authorization header; expected Bearer.", reason="malformed"
+            )
         if not self.keys.active():
             return AuthenticationError(
                 "No API keys are configured on this server; remote "
-                "callers are refused (bastion keys create NAME)."
+                "callers are refused (bastion keys create NAME).",
+                reason="no_keys",
             )
         name = self.keys.identify(token.strip())
         if name is None:
-            return AuthenticationError("Invalid API key.")
+            return AuthenticationError("Invalid API key.", reason="invalid")
         return f"key:{name}"

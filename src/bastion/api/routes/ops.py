@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import JSONResponse, Response
 
 from bastion.router import ModelRegistry
 
@@ -13,6 +14,14 @@ router = APIRouter()
 @router.get("/health")
 async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; behind the same authentication as everything but /health."""
+    registry: ModelRegistry = request.app.state.registry
+    body = request.app.state.metrics.render(lambda: registry.states(detail=True))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/ready")

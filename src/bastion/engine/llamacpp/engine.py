@@ -59,6 +59,7 @@ class _Request:
     params: GenerationParams
     loop: asyncio.AbstractEventLoop
     request_id: str = "-"
+    submitted: float = field(default_factory=time.monotonic)
     out: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -84,6 +85,8 @@ class _Sequence:
     """When the sequence last got its slot (for time slicing)."""
     reused: int = 0
     """Prompt tokens whose KV came from the prefix cache."""
+    queued: float = 0.0
+    """Seconds between submission and getting a slot."""
     paused: _Paused | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
@@ -421,7 +424,10 @@ class LlamaCppEngine:
         sampler = SamplerChain(request.params.sampling, self._model.n_vocab)
         sampler.prime(request.prompt)
         stops = StopBuffer(request.params.stop)
-        return _Sequence(request, slot, sampler, time.monotonic(), reused=keep, stops=stops)
+        now = time.monotonic()
+        return _Sequence(
+            request, slot, sampler, now, reused=keep, stops=stops, queued=now - request.submitted
+        )
 
     def _time_slice(
         self, queue_: collections.deque[_Request | _Sequence], running: list[_Sequence]
@@ -558,7 +564,12 @@ class LlamaCppEngine:
                 (
                     request,
                     Chunk(
-                        text, len(request.prompt), seq.generated, logprobs, cached_tokens=seq.reused
+                        text,
+                        len(request.prompt),
+                        seq.generated,
+                        logprobs,
+                        cached_tokens=seq.reused,
+                        queued=seq.queued,
                     ),
                 )
             )
@@ -573,7 +584,9 @@ class LlamaCppEngine:
         self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
     ) -> bool:
         request = seq.request
-        last = Chunk(text, len(request.prompt), seq.generated, logprobs, reason, seq.reused)
+        last = Chunk(
+            text, len(request.prompt), seq.generated, logprobs, reason, seq.reused, seq.queued
+        )
         self._outbox += ((request, last), (request, None))
         self._free(seq)
         return True
