@@ -169,6 +169,23 @@ class IntegritySettings(_Section):
     )
 
 
+class TlsSettings(_Section):
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="HTTPS port (off unless set; --tls-port)."
+    )
+    certfile: Path | None = Field(
+        default=None, description="Server certificate; default $BASTION_HOME/tls/server.crt."
+    )
+    keyfile: Path | None = Field(
+        default=None, description="Server key; default $BASTION_HOME/tls/server.key."
+    )
+    client_ca: Path | None = Field(
+        default=None,
+        description="CA that client certificates must chain to (mutual TLS). On the HTTPS "
+        "listener the certificate is then the credential; its CN is the caller's identity.",
+    )
+
+
 class AuthSettings(_Section):
     loopback_bypass: bool = Field(
         default=True,
@@ -218,6 +235,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod

@@ -158,11 +158,6 @@ def test_dns_rebinding_host_is_refused(keyed: tuple[Server, str]) -> None:
 def test_without_any_key_remote_callers_are_refused(tmp_path: Path, shared_home: Path) -> None:
     """Fail closed: a fresh home has no keys."""
     home = tmp_path / "nokeys"
-    home.mkdir()
-    (home / "models").symlink_to(shared_home / "models")
-    (home / "keys").mkdir()
-    for name in ("signing.key", "signing.pub", "trusted"):
-        (home / "keys" / name).symlink_to(shared_home / "keys" / name)
     server = start_server(home, env={"BASTION_AUTH__LOOPBACK_BYPASS": "false"}, wait_ready=False)
     try:
         response = httpx.get(f"{server.v1}/models", headers={"Authorization": "Bearer x"})

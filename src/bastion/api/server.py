@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+import ssl
+from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from bastion.api.app import create_app
 from bastion.api.middleware.auth import auth_disabled, is_loopback
+from bastion.api.tls_protocol import TlsIdentityProtocol
 from bastion.errors import ConfigError
 from bastion.settings import Settings
 
@@ -89,10 +94,16 @@ def serve(settings: Settings, home: Path) -> None:
         timeout_keep_alive=5,
         server_header=False,
     )
+    secure = _tls_server(settings, home, config.app) if settings.tls.port is not None else None
+    tls_sockets = bind_all(server_settings.host, settings.tls.port or 0) if secure else []
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         log.info("bastion listening on http://%s:%d/v1", shown, port)
+    for sock in tls_sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("bastion listening on https://%s:%d/v1", shown, port)
     # uvicorn re-raises the stop signal once it has shut down; after a clean drain the
     # process should exit 0 rather than die of SIGTERM.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -101,7 +112,57 @@ def serve(settings: Settings, home: Path) -> None:
         # uvloop and httptools when installed (they are dependencies): less CPU per token
         # on the event loop, which shares the cores with llama.cpp's threads.
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(uvicorn.Server(config).serve(sockets=sockets))
+            runner.run(_serve_all(uvicorn.Server(config), sockets, secure, tls_sockets))
     finally:
-        for sock in sockets:
+        for sock in [*sockets, *tls_sockets]:
             sock.close()
+
+
+class _Secondary(uvicorn.Server):
+    """The HTTPS listener: the main server owns the signals and the app's lifespan."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _tls_server(settings: Settings, home: Path, app: Any) -> _Secondary:
+    tls = settings.tls
+    certfile = tls.certfile or home / "tls" / "server.crt"
+    keyfile = tls.keyfile or home / "tls" / "server.key"
+    if not certfile.is_file() or not keyfile.is_file():
+        raise ConfigError(
+            f"HTTPS needs {certfile} and {keyfile}: run `bastion certs init` and "
+            "`bastion certs issue --server NAME`"
+        )
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=TlsIdentityProtocol,
+        ssl_certfile=str(certfile),
+        ssl_keyfile=str(keyfile),
+        ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout),
+        server_header=False,
+    )
+    return _Secondary(config)
+
+
+async def _serve_all(
+    main: uvicorn.Server,
+    sockets: list[socket.socket],
+    secure: _Secondary | None,
+    tls_sockets: list[socket.socket],
+) -> None:
+    if secure is None:
+        await main.serve(sockets=sockets)
+        return
+    secondary = asyncio.create_task(secure.serve(sockets=tls_sockets))
+    try:
+        await main.serve(sockets=sockets)
+    finally:
+        secure.should_exit = True
+        await secondary

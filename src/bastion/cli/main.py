@@ -7,7 +7,7 @@ import sys
 import typer
 
 from bastion import __version__
-from bastion.cli import audit, integrity, keys, models, sign
+from bastion.cli import audit, certs, integrity, keys, models, sign
 from bastion.cli.serve import serve_command
 from bastion.errors import BastionError
 
@@ -24,6 +24,7 @@ app.add_typer(sign.app, name="sign")
 app.add_typer(integrity.app, name="integrity")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+app.add_typer(certs.app, name="certs")
 
 
 @app.command("version")

@@ -25,6 +25,10 @@ def serve_command(
     threads: Annotated[int | None, typer.Option(help="llama.cpp threads (0 = all cores).")] = None,
     slots: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
     ctx_per_slot: Annotated[int | None, typer.Option(help="Context tokens per slot.")] = None,
+    tls_port: Annotated[
+        int | None,
+        typer.Option(help="Also serve HTTPS on this port (certificate from `bastion certs`)."),
+    ] = None,
 ) -> None:
     """Serve the model on http://HOST:PORT/v1 until SIGTERM (running requests drain first)."""
     server: dict[str, Any] = {}
@@ -38,7 +42,8 @@ def serve_command(
     for key, value in (("threads", threads), ("slots", slots), ("ctx_per_slot", ctx_per_slot)):
         if value is not None:
             engine[key] = value
-    overrides = {k: v for k, v in (("server", server), ("engine", engine)) if v}
+    tls = {"port": tls_port} if tls_port is not None else {}
+    overrides = {k: v for k, v in (("server", server), ("engine", engine), ("tls", tls)) if v}
     settings = load_settings(overrides)
     configure_logging(settings.server.log_level)
     home = ensure_dir(home_dir())

@@ -84,6 +84,9 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _identify(self, scope: Scope) -> str | BastionError:
+        tls = (scope.get("extensions") or {}).get("tls") or {}
+        if tls.get("client_cn"):
+            return f"cert:{tls['client_cn']}"  # verified in the handshake: the credential
         if self.disabled:
             return "anonymous"  # announced at start and hourly by the app's lifespan
         client = scope.get("client")
