@@ -65,6 +65,22 @@ class Server:
         return code
 
 
+def audit_record(home: Path, request_id: str, timeout: float = 20) -> dict[str, object]:
+    """The audit line of ``request_id``; it is written just after the response is sent."""
+    import json  # noqa: PLC0415
+
+    path = home / "audit" / "audit.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("request_id") == request_id:
+                    return record  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"no audit record for {request_id}")
+
+
 def wait_until_ready(server: Server, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while httpx.get(f"{server.base_url}/ready").status_code != 200:

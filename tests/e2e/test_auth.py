@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import bastion_command
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, audit_record, start_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
@@ -234,11 +234,7 @@ def test_every_request_is_audited_with_who_and_what(
     )
     list(reply)
     httpx.get(f"{server.v1}/models", headers={"X-Request-Id": "audit-me-2"})
-    records = [
-        json.loads(line)
-        for line in (shared_home / "audit" / "audit.jsonl").read_text().splitlines()
-    ]
-    by_id = {r["request_id"]: r for r in records}
+    by_id = {rid: audit_record(shared_home, rid) for rid in ("audit-me-1", "audit-me-2")}
     streamed = by_id["audit-me-1"]
     assert streamed["identity"] == "key:ci-client"
     assert streamed["model"] == MODEL

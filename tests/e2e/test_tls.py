@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from bastion.security.tls import init_ca, issue
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, audit_record, start_server
 
 pytestmark = pytest.mark.e2e
 HANDSHAKE_FAILED = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)
@@ -59,10 +58,7 @@ def test_a_valid_client_certificate_is_the_credential(mtls: tuple[Server, str, P
     ) as client:
         response = client.get(f"{https}/v1/models", headers={"X-Request-Id": "mtls-alice"})
     assert response.status_code == 200
-    records = [
-        json.loads(line) for line in (home / "audit" / "audit.jsonl").read_text().splitlines()
-    ]
-    assert next(r for r in records if r["request_id"] == "mtls-alice")["identity"] == "cert:alice"
+    assert audit_record(home, "mtls-alice")["identity"] == "cert:alice"
     # the plain listener still wants a key from this (non-bypassed) caller
     assert httpx.get(f"{server.v1}/models").status_code == 401
 
