@@ -37,7 +37,6 @@ class AuditLog:
         self.path = directory / LOG_NAME
         self.max_bytes = max_bytes
         self.keep = keep
-        self._last = self._last_hash()
 
     def _last_hash(self) -> str:
         for path in (self.path, self.directory / f"{LOG_NAME}.1"):
@@ -65,7 +64,6 @@ class AuditLog:
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
-            self._last = entry["hash"]
 
     def _rotate(self) -> None:
         for n in range(self.keep - 1, 0, -1):

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ctypes
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp as ll
@@ -32,9 +29,20 @@ import numpy as np
 from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
 from bastion.engine.chat_template import CHATML, ChatTemplate
 from bastion.engine.llamacpp.model import LlamaModel
+from bastion.engine.llamacpp.requests import (
+    Item,
+    Paused,
+    Request,
+    Sequence,
+    coalesce,
+    deliver_all,
+    is_final,
+    is_urgent,
+    request_of,
+)
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
 from bastion.engine.llamacpp.scheduler import Slot, choose_slot
-from bastion.engine.stops import StopBuffer, Utf8Stream
+from bastion.engine.stops import StopBuffer
 from bastion.errors import (
     BastionError,
     ContextLengthExceededError,
@@ -48,55 +56,6 @@ from bastion.log import request_id_var
 from bastion.settings import EngineSettings
 
 log = logging.getLogger(__name__)
-
-_Item = Chunk | BaseException | None
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt: list[int]
-    max_tokens: int
-    params: GenerationParams
-    loop: asyncio.AbstractEventLoop
-    request_id: str = "-"
-    submitted: float = field(default_factory=time.monotonic)
-    out: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-
-    def send(self, item: _Item) -> None:
-        """Hand ``item`` over at once (outside the step loop, e.g. on shutdown)."""
-        _deliver_soon(self.loop, [(self, item)])
-
-
-@dataclass(eq=False)
-class _Paused:
-    """A sequence's KV state while it has no slot."""
-
-    state: ctypes.Array[ctypes.c_uint8]
-    tokens: list[int]
-
-
-@dataclass(eq=False)
-class _Sequence:
-    request: _Request
-    slot: Slot
-    sampler: SamplerChain
-    started: float
-    """When the sequence last got its slot (for time slicing)."""
-    reused: int = 0
-    """Prompt tokens whose KV came from the prefix cache."""
-    queued: float = 0.0
-    """Seconds between submission and getting a slot."""
-    paused: _Paused | None = None
-    utf8: Utf8Stream = field(default_factory=Utf8Stream)
-    stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
-    generated: int = 0
-    next_token: int = -1
-    batch_index: int = -1
-
-    @property
-    def prefilling(self) -> bool:
-        return self.next_token < 0
 
 
 class LlamaCppEngine:
@@ -118,7 +77,7 @@ class LlamaCppEngine:
         self._weights = weights
         self._digest = digest
         self._settings = settings
-        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -127,9 +86,9 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._ctx_per_slot = 0
         self._running = 0
-        self._outbox: list[tuple[_Request, _Item]] = []
+        self._outbox: list[tuple[Request, Item]] = []
         self._flushed_at = 0.0
-        self._held: set[_Request] = set()
+        self._held: set[Request] = set()
         """Requests the owner thread has taken from the inbox and not yet answered in full."""
         self._failed = False
         self._tokenizing = 0
@@ -179,7 +138,7 @@ class LlamaCppEngine:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
         prompt = await asyncio.to_thread(self._tokenize_guarded, params)
         max_tokens = self._budget(len(prompt), params.max_tokens)
-        request = _Request(
+        request = Request(
             prompt, max_tokens, params, asyncio.get_running_loop(), request_id_var.get()
         )
         if self._closed or self._failed:
@@ -330,12 +289,12 @@ class LlamaCppEngine:
 
     def _fail_all(self, error: BastionError) -> None:
         held, self._held, self._outbox = self._held, set(), []
-        _deliver_all([(request, error) for request in held])
+        deliver_all([(request, error) for request in held])
         self._fail_queued(error)
 
     def _loop(self) -> None:
-        running: list[_Sequence] = []
-        queue_: collections.deque[_Request | _Sequence] = collections.deque()
+        running: list[Sequence] = []
+        queue_: collections.deque[Request | Sequence] = collections.deque()
         while True:
             stopping = self._receive(queue_, block=not running and not queue_)
             if stopping:
@@ -343,7 +302,7 @@ class LlamaCppEngine:
                 for seq in running:
                     self._finish_with_error(seq, error)
                 for item in queue_:
-                    _request_of(item).send(error)
+                    request_of(item).send(error)
                 self._fail_queued(error)
                 self._flush()
                 return
@@ -367,15 +326,15 @@ class LlamaCppEngine:
             return
         now = time.monotonic()
         if now - self._flushed_at < self._settings.stream_interval and not any(
-            _urgent(request, item) for request, item in self._outbox
+            is_urgent(request, item) for request, item in self._outbox
         ):
             return
         self._flushed_at = now
-        items, self._outbox = _coalesce(self._outbox), []
-        self._held.difference_update(request for request, item in items if _final(item))
-        _deliver_all(items)
+        items, self._outbox = coalesce(self._outbox), []
+        self._held.difference_update(request for request, item in items if is_final(item))
+        deliver_all(items)
 
-    def _receive(self, queue_: collections.deque[_Request | _Sequence], *, block: bool) -> bool:
+    def _receive(self, queue_: collections.deque[Request | Sequence], *, block: bool) -> bool:
         """Move new requests from the inbox to the run queue; True when asked to stop."""
         try:
             item = self._inbox.get(block=block)
@@ -389,17 +348,17 @@ class LlamaCppEngine:
             return False
 
     def _admit(
-        self, queue_: collections.deque[_Request | _Sequence], running: list[_Sequence]
+        self, queue_: collections.deque[Request | Sequence], running: list[Sequence]
     ) -> None:
         """Give free slots to the run queue in FIFO order: new requests and paused streams."""
         while queue_:
             item = queue_[0]
-            if _request_of(item).cancelled:
+            if request_of(item).cancelled:
                 queue_.popleft()
-                if isinstance(item, _Sequence):
+                if isinstance(item, Sequence):
                     self._drop_if_cancelled(item)
                 continue
-            if isinstance(item, _Sequence):
+            if isinstance(item, Sequence):
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
                 # its own KV replaces the slot's: take the least valuable cache
                 choice = choose_slot(self._slots, item.paused.tokens, reuse=False)
@@ -409,12 +368,12 @@ class LlamaCppEngine:
                 return
             queue_.popleft()
             slot, keep = choice
-            if not isinstance(item, _Sequence):
+            if not isinstance(item, Sequence):
                 running.append(self._start(item, slot, keep))
             elif self._resume(item, slot):
                 running.append(item)
 
-    def _start(self, request: _Request, slot: Slot, keep: int) -> _Sequence:
+    def _start(self, request: Request, slot: Slot, keep: int) -> Sequence:
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             keep = 0
@@ -425,16 +384,16 @@ class LlamaCppEngine:
         sampler.prime(request.prompt)
         stops = StopBuffer(request.params.stop)
         now = time.monotonic()
-        return _Sequence(
+        return Sequence(
             request, slot, sampler, now, reused=keep, stops=stops, queued=now - request.submitted
         )
 
     def _time_slice(
-        self, queue_: collections.deque[_Request | _Sequence], running: list[_Sequence]
+        self, queue_: collections.deque[Request | Sequence], running: list[Sequence]
     ) -> None:
         """Pause the longest-running streams past their time slice while others wait."""
         limit = self._settings.time_slice
-        waiting = sum(1 for item in queue_ if not _request_of(item).cancelled)
+        waiting = sum(1 for item in queue_ if not request_of(item).cancelled)
         if not limit or not waiting:
             return
         now = time.monotonic()
@@ -449,13 +408,13 @@ class LlamaCppEngine:
         if due:
             self._admit(queue_, running)
 
-    def _pause(self, seq: _Sequence) -> bool:
+    def _pause(self, seq: Sequence) -> bool:
         slot = seq.slot
         size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
         state = (ctypes.c_uint8 * size)()
         if ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) != size:
             return False  # could not copy the state out: keep running instead
-        seq.paused = _Paused(state, list(slot.cached))
+        seq.paused = Paused(state, list(slot.cached))
         ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.cached.clear()
         slot.busy, slot.last_used = False, time.monotonic()
@@ -467,7 +426,7 @@ class LlamaCppEngine:
         )
         return True
 
-    def _resume(self, seq: _Sequence, slot: Slot) -> bool:
+    def _resume(self, seq: Sequence, slot: Slot) -> bool:
         paused = seq.paused
         assert paused is not None  # noqa: S101 - only paused sequences are queued
         ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -492,7 +451,7 @@ class LlamaCppEngine:
         batch.n_tokens = i + 1
         return i
 
-    def _step(self, running: list[_Sequence]) -> None:
+    def _step(self, running: list[Sequence]) -> None:
         self._batch.n_tokens = 0
         for seq in running:
             seq.batch_index = -1
@@ -534,7 +493,7 @@ class LlamaCppEngine:
             return
         running[:] = [seq for seq in running if not self._advance(seq)]
 
-    def _advance(self, seq: _Sequence) -> bool:
+    def _advance(self, seq: Sequence) -> bool:
         """Sample the next token of ``seq`` if it was in the batch; True when it finished."""
         if seq.batch_index < 0:
             return False
@@ -575,13 +534,13 @@ class LlamaCppEngine:
             )
         return False
 
-    def _drain(self, seq: _Sequence) -> str:
+    def _drain(self, seq: Sequence) -> str:
         """Text still held back (partial UTF-8, possible stop prefix) when output ends."""
         text, hit = seq.stops.push(seq.utf8.flush())
         return text if hit else text + seq.stops.flush()
 
     def _finish(
-        self, seq: _Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
+        self, seq: Sequence, text: str, logprobs: tuple[TokenLogprob, ...], reason: FinishReason
     ) -> bool:
         request = seq.request
         last = Chunk(
@@ -591,11 +550,11 @@ class LlamaCppEngine:
         self._free(seq)
         return True
 
-    def _finish_with_error(self, seq: _Sequence, error: BaseException) -> None:
+    def _finish_with_error(self, seq: Sequence, error: BaseException) -> None:
         self._outbox.append((seq.request, error))
         self._free(seq)
 
-    def _drop_if_cancelled(self, seq: _Sequence) -> bool:
+    def _drop_if_cancelled(self, seq: Sequence) -> bool:
         request = seq.request
         if not request.cancelled:
             return False
@@ -608,7 +567,7 @@ class LlamaCppEngine:
         self._free(seq)
         return True
 
-    def _free(self, seq: _Sequence) -> None:
+    def _free(self, seq: Sequence) -> None:
         """Release the slot at once; its KV stays as a prefix cache for the next request."""
         seq.sampler.close()
         if seq.paused is None:
@@ -623,58 +582,3 @@ class LlamaCppEngine:
                 return
             if request is not None:
                 request.send(error)
-
-
-def _request_of(item: _Request | _Sequence) -> _Request:
-    return item.request if isinstance(item, _Sequence) else item
-
-
-def _final(item: _Item) -> bool:
-    return item is None or isinstance(item, BaseException)
-
-
-def _deliver(items: list[tuple[_Request, _Item]]) -> None:
-    for request, item in items:
-        request.out.put_nowait(item)
-
-
-def _deliver_all(items: list[tuple[_Request, _Item]]) -> None:
-    """One hand-off per event loop (tests may run several loops; the server has one)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, _Item]]] = {}
-    for request, item in items:
-        by_loop.setdefault(request.loop, []).append((request, item))
-    for loop, batch in by_loop.items():
-        _deliver_soon(loop, batch)
-
-
-def _deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, _Item]]) -> None:
-    with contextlib.suppress(RuntimeError):  # the event loop is already closed
-        loop.call_soon_threadsafe(_deliver, items)
-
-
-def _urgent(request: _Request, item: _Item) -> bool:
-    """Items that must not wait: the first token, the last chunk, errors."""
-    return (
-        not isinstance(item, Chunk)
-        or item.finish_reason is not None
-        or (item.completion_tokens <= 1)
-    )
-
-
-def _coalesce(items: list[tuple[_Request, _Item]]) -> list[tuple[_Request, _Item]]:
-    """Merge each request's successive mid-stream chunks into one (order per request kept)."""
-    out: list[tuple[_Request, _Item]] = []
-    last: dict[int, int] = {}  # request -> index in ``out`` of its latest item
-    for request, item in items:
-        at = last.get(id(request))
-        if at is not None and isinstance(item, Chunk):
-            prev = out[at][1]
-            if isinstance(prev, Chunk) and prev.finish_reason is None:
-                merged = dataclasses.replace(
-                    item, text=prev.text + item.text, logprobs=prev.logprobs + item.logprobs
-                )
-                out[at] = (request, merged)
-                continue
-        last[id(request)] = len(out)
-        out.append((request, item))
-    return out

@@ -1,0 +1,124 @@
+"""Requests inside the embedded engine and how their output reaches the event loop.
+
+A ``Request`` carries its own asyncio queue (chunks, then ``None``; an exception travels the same
+way). The owner thread collects a step's output and hands it over in one wake-up of each event
+loop (``deliver_all``), merging a stream's successive mid-stream chunks (``coalesce``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from bastion.engine.base import Chunk, GenerationParams
+from bastion.engine.llamacpp.sampler import SamplerChain
+from bastion.engine.llamacpp.scheduler import Slot
+from bastion.engine.stops import StopBuffer, Utf8Stream
+
+Item = Chunk | BaseException | None
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    params: GenerationParams
+    loop: asyncio.AbstractEventLoop
+    request_id: str = "-"
+    submitted: float = field(default_factory=time.monotonic)
+    out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+    def send(self, item: Item) -> None:
+        """Hand ``item`` over at once (outside the step loop, e.g. on shutdown)."""
+        deliver_soon(self.loop, [(self, item)])
+
+
+@dataclass(eq=False)
+class Paused:
+    """A sequence's KV state while it has no slot."""
+
+    state: ctypes.Array[ctypes.c_uint8]
+    tokens: list[int]
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    slot: Slot
+    sampler: SamplerChain
+    started: float
+    """When the sequence last got its slot (for time slicing)."""
+    reused: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
+    queued: float = 0.0
+    """Seconds between submission and getting a slot."""
+    paused: Paused | None = None
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
+    generated: int = 0
+    next_token: int = -1
+    batch_index: int = -1
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_token < 0
+
+
+def request_of(item: Request | Sequence) -> Request:
+    return item.request if isinstance(item, Sequence) else item
+
+
+def is_final(item: Item) -> bool:
+    return item is None or isinstance(item, BaseException)
+
+
+def deliver(items: list[tuple[Request, Item]]) -> None:
+    for request, item in items:
+        request.out.put_nowait(item)
+
+
+def deliver_all(items: list[tuple[Request, Item]]) -> None:
+    """One hand-off per event loop (tests may run several loops; the server has one)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Item]]] = {}
+    for request, item in items:
+        by_loop.setdefault(request.loop, []).append((request, item))
+    for loop, batch in by_loop.items():
+        deliver_soon(loop, batch)
+
+
+def deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[Request, Item]]) -> None:
+    with contextlib.suppress(RuntimeError):  # the event loop is already closed
+        loop.call_soon_threadsafe(deliver, items)
+
+
+def is_urgent(request: Request, item: Item) -> bool:
+    """Items that must not wait: the first token, the last chunk, errors."""
+    return (
+        not isinstance(item, Chunk)
+        or item.finish_reason is not None
+        or (item.completion_tokens <= 1)
+    )
+
+
+def coalesce(items: list[tuple[Request, Item]]) -> list[tuple[Request, Item]]:
+    """Merge each request's successive mid-stream chunks into one (order per request kept)."""
+    out: list[tuple[Request, Item]] = []
+    last: dict[int, int] = {}  # request -> index in ``out`` of its latest item
+    for request, item in items:
+        at = last.get(id(request))
+        if at is not None and isinstance(item, Chunk):
+            prev = out[at][1]
+            if isinstance(prev, Chunk) and prev.finish_reason is None:
+                merged = dataclasses.replace(
+                    item, text=prev.text + item.text, logprobs=prev.logprobs + item.logprobs
+                )
+                out[at] = (request, merged)
+                continue
+        last[id(request)] = len(out)
+        out.append((request, item))
+    return out
