@@ -93,6 +93,20 @@ class PayloadTooLargeError(BastionError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(BastionError):
+    """The client took too long to send its request head or body."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLargeError(BastionError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class TooManyRequestsError(BastionError):
     """Every slot is busy and the wait queue is full; the client should retry later."""
 

@@ -59,6 +59,25 @@ class ServerSettings(_Section):
         le=256 * 1024 * 1024,
         description="Largest request body accepted; larger bodies get 413.",
     )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line and headers); larger heads get 431.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a complete request head, from the "
+        "connection opening or the head's first byte; then 408 and the connection closes.",
+    )
+    body_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a complete request body; then 408.",
+    )
     drain_timeout: float = Field(
         default=30.0,
         ge=0,
@@ -198,6 +217,11 @@ class AuditSettings(_Section):
         default=64 * 1024 * 1024,
         ge=4096,
         description="Size at which audit/audit.jsonl rotates (the hash chain continues).",
+    )
+    include_content: bool = Field(
+        default=False,
+        description="Also record each completion request's prompt and the generated text. "
+        "Off by default: the log then holds who, when and how much, never what.",
     )
 
 

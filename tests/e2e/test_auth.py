@@ -241,9 +241,41 @@ def test_every_request_is_audited_with_who_and_what(
     assert streamed["model_digest"].startswith("sha256:")
     assert streamed["completion_tokens"] == 4
     assert streamed["status"] == 200
+    assert "prompt" not in streamed
+    assert "completion" not in streamed
     assert "Hi" not in json.dumps(streamed)  # no prompt text
     refused = by_id["audit-me-2"]
     assert (refused["status"], refused["identity"]) == (401, None)
+    assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0
+
+
+def test_content_is_audited_only_when_asked_for(shared_home: Path) -> None:
+    server = start_server(shared_home, env={"BASTION_AUDIT__INCLUDE_CONTENT": "true"})
+    try:
+        client = server.client(timeout=60)
+        chat = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            max_tokens=6,
+            temperature=0,
+            extra_headers={"X-Request-Id": "content-chat"},
+        )
+        stream = client.completions.create(
+            model=MODEL,
+            prompt="Once upon a time",
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            extra_headers={"X-Request-Id": "content-text"},
+        )
+        streamed = "".join(event.choices[0].text for event in stream)
+    finally:
+        server.stop()
+    chat_record = audit_record(shared_home, "content-chat")
+    assert chat_record["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert chat_record["completion"] == chat.choices[0].message.content
+    text_record = audit_record(shared_home, "content-text")
+    assert (text_record["prompt"], text_record["completion"]) == ("Once upon a time", streamed)
     assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0
 
 

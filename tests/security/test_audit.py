@@ -63,6 +63,14 @@ def test_rotation_keeps_the_chain(tmp_path: Path) -> None:
     assert verify_chain(tmp_path) == []
 
 
+def test_records_longer_than_a_read_block_keep_the_chain(tmp_path: Path) -> None:
+    """With ``audit.include_content`` a line can hold a whole prompt."""
+    log = filled(tmp_path, n=2)
+    log.append({"request_id": "long", "prompt": "p" * 300_000, "completion": "c" * 70_000})
+    log.append({"request_id": "after"})
+    assert verify_chain(tmp_path) == []
+
+
 def test_cli_exits_1_with_the_line_number(tmp_path: Path) -> None:
     home = tmp_path / "home"
     filled(home / "audit")

@@ -89,7 +89,11 @@ def create_app(
     app.include_router(admin.router)
     # Added last = outermost. Order of execution: request id, audit, trusted host,
     # authentication, body limit, then the routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.server.max_body_bytes,
+        timeout=settings.server.body_timeout,
+    )
     app.add_middleware(
         AuthMiddleware,
         keys=KeyStore(home),

@@ -144,6 +144,9 @@ class ChatCompletionRequest(_SamplingFields):
             )
         return self
 
+    def prompt_for_audit(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(self.messages)]
+
     def to_generation_params(self) -> GenerationParams:
         messages = tuple(ChatMessage(m.role, m.text(i)) for i, m in enumerate(self.messages))
         return GenerationParams(
@@ -173,6 +176,9 @@ class CompletionRequest(_SamplingFields):
     @property
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompt_for_audit(self) -> str:
+        return self.prompt_text
 
     def to_generation_params(self) -> GenerationParams:
         return GenerationParams(

@@ -17,7 +17,7 @@ import uvicorn
 
 from bastion.api.app import create_app
 from bastion.api.middleware.auth import auth_disabled, is_loopback
-from bastion.api.tls_protocol import TlsIdentityProtocol
+from bastion.api.protocol import HeadLimits, protocol_class
 from bastion.errors import ConfigError
 from bastion.settings import Settings
 
@@ -90,6 +90,7 @@ def serve(settings: Settings, home: Path) -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
+        http=protocol_class(_head_limits(settings), tls_identity=False),
         timeout_graceful_shutdown=int(server_settings.drain_timeout),
         timeout_keep_alive=5,
         server_header=False,
@@ -118,6 +119,10 @@ def serve(settings: Settings, home: Path) -> None:
             sock.close()
 
 
+def _head_limits(settings: Settings) -> HeadLimits:
+    return HeadLimits(settings.server.max_header_bytes, settings.server.header_timeout)
+
+
 class _Secondary(uvicorn.Server):
     """The HTTPS listener: the main server owns the signals and the app's lifespan."""
 
@@ -140,7 +145,7 @@ def _tls_server(settings: Settings, home: Path, app: Any) -> _Secondary:
         log_config=None,
         access_log=False,
         lifespan="off",
-        http=TlsIdentityProtocol,
+        http=protocol_class(_head_limits(settings), tls_identity=True),
         ssl_certfile=str(certfile),
         ssl_keyfile=str(keyfile),
         ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,

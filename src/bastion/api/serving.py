@@ -169,7 +169,9 @@ async def _run(
     plain: _PlainEvent | None,
     record: dict[str, Any],
 ) -> Response:
-    """``record`` (the request's audit record) receives the token counts as they settle."""
+    """``record`` (the request's audit record) receives the token counts as they settle, and
+    the generated text when it has a ``completion`` entry (``audit.include_content``)."""
+    texts: list[str] | None = [] if "completion" in record else None
     gen = aclosing(chunks)
     iterator = await gen.__aenter__()
     started = time.perf_counter()
@@ -179,13 +181,17 @@ async def _run(
         await gen.__aexit__(None, None, None)
         raise
     record["ttft"] = time.perf_counter() - started
+    if texts is not None:
+        texts.append(first.text)
     record["queued"] = first.queued
     if not stream:
         try:
             rest = await race_disconnect(_drain(iterator), receive)
         finally:
             await gen.__aexit__(None, None, None)
-        _account(record, rest[-1] if rest else first)
+        if texts is not None:
+            texts.extend(chunk.text for chunk in rest)
+        _account(record, rest[-1] if rest else first, texts)
         return JSONResponse(collect([first, *rest]))
 
     async def events() -> AsyncIterator[bytes]:
@@ -194,6 +200,8 @@ async def _run(
             yield _sse(_with_usage(shape(first, True), include_usage))
             async for chunk in iterator:
                 last = chunk
+                if texts is not None:
+                    texts.append(chunk.text)
                 if plain is not None and chunk.text and chunk.finish_reason is None:
                     yield plain.encode(chunk.text)
                 else:
@@ -207,16 +215,18 @@ async def _run(
             log.exception("stream failed after it began")
             yield _sse_error(EngineError("The engine failed while streaming."))
         finally:
-            _account(record, last)
+            _account(record, last, texts)
             await gen.__aexit__(None, None, None)
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def _account(record: dict[str, Any], last: Chunk) -> None:
+def _account(record: dict[str, Any], last: Chunk, texts: list[str] | None) -> None:
     record["prompt_tokens"] = last.prompt_tokens
     record["completion_tokens"] = last.completion_tokens
+    if texts is not None:
+        record["completion"] = "".join(texts)
 
 
 def _with_usage(event: dict[str, Any], include_usage: bool) -> dict[str, Any]:

@@ -3,8 +3,8 @@ reordered line is found.
 
 Each record carries ``prev`` (the previous line's hash) and ``hash`` = SHA-256 of ``prev``
 followed by the canonical JSON of the record without ``hash``. Rotation renames the file to
-``audit.jsonl.1`` (older ones shift up) and the chain continues in the new file. No prompt or
-completion text is written.
+``audit.jsonl.1`` (older ones shift up) and the chain continues in the new file. Prompt and
+completion text are written only when ``audit.include_content`` is set.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class AuditLog:
     def _last_hash(self) -> str:
         for path in (self.path, self.directory / f"{LOG_NAME}.1"):
             if path.is_file() and path.stat().st_size:
-                last = _tail(path).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+                last = _last_line(path)
                 try:
                     return str(json.loads(last)["hash"])
                 except (ValueError, KeyError):
@@ -73,12 +73,19 @@ class AuditLog:
         self.path.replace(self.directory / f"{LOG_NAME}.1")
 
 
-def _tail(path: Path, size: int = 65536) -> bytes:
-    """The end of the file, enough to hold its last record."""
+def _last_line(path: Path, block: int = 65536) -> bytes:
+    """The file's last line, read backwards block by block (records with content can be long)."""
     with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - size))
-        return handle.read()
+        end = handle.seek(0, os.SEEK_END)
+        data = b""
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            data = handle.read(end - start) + data
+            end = start
+            if b"\n" in data.rstrip(b"\n"):
+                break
+        return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bastion.metrics import Metrics
 from bastion.security.audit import AuditLog
 
+CONTENT = ("prompt", "completion")
+"""Present only with ``audit.include_content``."""
+
 
 class AuditMiddleware:
     def __init__(self, app: ASGIApp, log: AuditLog, metrics: Metrics) -> None:
@@ -53,5 +56,6 @@ class AuditMiddleware:
                     "prompt_tokens": usage.get("prompt_tokens"),
                     "completion_tokens": usage.get("completion_tokens"),
                     "duration_ms": round(seconds * 1000, 1),
+                    **{key: usage[key] for key in CONTENT if key in usage},
                 }
             )

@@ -1,4 +1,5 @@
-"""Refuse request bodies over the configured limit with 413, before any route sees them.
+"""Refuse request bodies over the configured limit with 413, and bodies that take longer than
+``timeout`` seconds to arrive with 408, before any route sees them.
 
 The body is buffered (it is bounded by the limit) and replayed to the app; later ``receive``
 calls go to the server, so routes can still notice a client disconnect.
@@ -6,16 +7,19 @@ calls go to the server, so routes can still notice a client disconnect.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.api.errors import send_error
-from bastion.errors import InvalidRequestError, PayloadTooLargeError
+from bastion.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -33,18 +37,28 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await send_error(send, too_large)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        await send_error(send, too_large)
+                        return
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await send_error(
+                send,
+                RequestTimeoutError(
+                    f"The request body was not complete within {self.timeout:g} seconds."
+                ),
+            )
+            return
         replayed = False
 
         async def replay() -> Message:

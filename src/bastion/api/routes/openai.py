@@ -44,10 +44,15 @@ async def parse_body(request: Request, model: type[M]) -> M:
     return parsed
 
 
-def _audit(request: Request, model: ServedModel) -> dict[str, Any]:
-    """This request's audit record (written by the audit middleware when it ends)."""
+def _audit(
+    request: Request, model: ServedModel, body: ChatCompletionRequest | CompletionRequest
+) -> dict[str, Any]:
+    """This request's audit record (written by the audit middleware when it ends). With
+    ``audit.include_content`` it holds the prompt, and serving adds the completion text."""
     record: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("audit", {})
     record.update(model=model.info.name, model_digest=model.fingerprint)
+    if request.app.state.settings.audit.include_content:
+        record.update(prompt=body.prompt_for_audit(), completion="")
     return record
 
 
@@ -55,14 +60,14 @@ def _audit(request: Request, model: ServedModel) -> dict[str, Any]:
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     model = _registry(request).resolve(body.model)
-    return await serving.complete_chat(model, body, request.receive, _audit(request, model))
+    return await serving.complete_chat(model, body, request.receive, _audit(request, model, body))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     model = _registry(request).resolve(body.model)
-    return await serving.complete_text(model, body, request.receive, _audit(request, model))
+    return await serving.complete_text(model, body, request.receive, _audit(request, model, body))
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:

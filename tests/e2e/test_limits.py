@@ -1,0 +1,208 @@
+"""Limits on what a client may send and how slowly, over raw sockets: heads larger than
+``server.max_header_bytes`` get 431, heads or bodies that trickle in get 408, idle connections
+are closed, and the server stays healthy for everyone else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Server, start_server
+
+pytestmark = pytest.mark.e2e
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def strict(shared_home: Path) -> Iterator[Server]:
+    server = start_server(
+        shared_home,
+        env={
+            "BASTION_SERVER__MAX_HEADER_BYTES": str(LIMIT),
+            "BASTION_SERVER__HEADER_TIMEOUT": "1",
+            "BASTION_SERVER__BODY_TIMEOUT": "1",
+        },
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def connect(server: Server) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response: status, headers (lower-case names) and body (by Content-Length).
+    Unbuffered, so nothing of a following response is read ahead and lost."""
+    reader = sock.makefile("rb", buffering=0)
+    status = int(reader.readline().split()[1])
+    headers: dict[str, str] = {}
+    while (line := reader.readline().rstrip(b"\r\n")) != b"":
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    length, body = int(headers.get("content-length", "0")), b""
+    while len(body) < length and (part := reader.read(length - len(body))):
+        body += part
+    return status, headers, body
+
+
+def assert_closed(sock: socket.socket) -> None:
+    """The server hung up: reading gives end of file (or a reset) instead of blocking."""
+    with contextlib.suppress(ConnectionResetError):
+        assert sock.recv(1) == b""
+
+
+def error_code(body: bytes) -> str:
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return str(error["code"])
+
+
+def head(*headers: bytes, path: bytes = b"/health") -> bytes:
+    return b"\r\n".join([b"GET " + path + b" HTTP/1.1", b"Host: 127.0.0.1", *headers, b"", b""])
+
+
+def still_healthy(server: Server) -> None:
+    assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
+
+
+def test_a_head_under_the_limit_is_served(strict: Server) -> None:
+    with connect(strict) as sock:
+        sock.sendall(head(b"X-Padding: " + b"p" * (LIMIT // 2)))
+        status, _, _ = read_response(sock)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"X-Big: " + b"b" * (LIMIT + 1)],
+        [b"X-Many-%d: %s" % (i, b"m" * 100) for i in range(60)],
+    ],
+    ids=["one-long-header", "many-headers"],
+)
+def test_a_head_over_the_limit_is_431(strict: Server, headers: list[bytes]) -> None:
+    with connect(strict) as sock:
+        sock.sendall(head(*headers))
+        status, response_headers, body = read_response(sock)
+        assert status == 431
+        assert response_headers["connection"] == "close"
+        assert error_code(body) == "request_header_fields_too_large"
+        assert_closed(sock)
+    still_healthy(strict)
+
+
+def test_an_endless_header_line_is_cut_off_before_it_ends(strict: Server) -> None:
+    with connect(strict) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ")
+        for _ in range(4):
+            sock.sendall(b"e" * (LIMIT // 2))  # never terminated: refused while it grows
+        status, _, body = read_response(sock)
+    assert status == 431
+    assert error_code(body) == "request_header_fields_too_large"
+
+
+def test_a_trickled_head_gets_408(strict: Server) -> None:
+    with connect(strict) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        status = 0
+        for byte in b"X-Slow: " + b"s" * 40:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break  # the server already answered and hung up
+            time.sleep(0.1)
+        status, _, body = read_response(sock)
+        assert status == 408
+        assert error_code(body) == "request_timeout"
+        assert_closed(sock)
+    assert "request_timeout" in strict.log_text()
+    still_healthy(strict)
+
+
+def test_a_connection_that_sends_nothing_is_closed(strict: Server) -> None:
+    with connect(strict) as sock:
+        assert_closed(sock)  # within the head timeout, without a response
+
+
+def test_keep_alive_resets_the_head_limits(strict: Server) -> None:
+    """Each request on a kept-alive connection gets its own size budget and time."""
+    with connect(strict) as sock:
+        for _ in range(3):
+            sock.sendall(head(b"X-Padding: " + b"p" * (LIMIT // 2)))
+            assert read_response(sock)[0] == 200
+            time.sleep(0.6)  # together longer than the head timeout, each under it
+
+
+def test_a_large_body_is_not_counted_as_head(strict: Server) -> None:
+    body = json.dumps({"messages": "not a list", "padding": "x" * (8 * LIMIT)}).encode()
+    request = b"\r\n".join(
+        [
+            b"POST /v1/chat/completions HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body),
+            b"",
+            body,
+        ]
+    )
+    with connect(strict) as sock:
+        sock.sendall(head() + request)  # pipelined behind a GET
+        assert read_response(sock)[0] == 200
+        status, _, response = read_response(sock)
+    assert status == 400
+    assert error_code(response) != "request_header_fields_too_large"
+
+
+def test_an_oversized_pipelined_head_does_not_break_the_answer_before_it(
+    strict: Server,
+) -> None:
+    body = json.dumps({"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "temperature": 0}).encode()
+    request = b"\r\n".join(
+        [
+            b"POST /v1/completions HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body),
+            b"",
+            body,
+        ]
+    )
+    with connect(strict) as sock:
+        sock.sendall(request + b"GET /health HTTP/1.1\r\nX-Endless: " + b"e" * (2 * LIMIT))
+        status, _, answer = read_response(sock)
+        assert status == 200
+        assert json.loads(answer)["usage"]["completion_tokens"] == 24
+        assert_closed(sock)  # then the connection ends, without a 431 spliced in
+
+
+def test_a_trickled_body_gets_408(strict: Server) -> None:
+    with connect(strict) as sock:
+        sock.sendall(
+            b"\r\n".join(
+                [
+                    b"POST /v1/chat/completions HTTP/1.1",
+                    b"Host: 127.0.0.1",
+                    b"Content-Type: application/json",
+                    b"Content-Length: 100",
+                    b"X-Request-Id: slow-body",
+                    b"",
+                    b'{"messages": [',
+                ]
+            )
+        )
+        status, headers, body = read_response(sock)
+    assert status == 408
+    assert headers["x-request-id"] == "slow-body"
+    assert error_code(body) == "request_timeout"
+    still_healthy(strict)
