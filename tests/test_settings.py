@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,22 @@ def test_out_of_range_value_is_refused(home: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("BASTION_ENGINE__SLOTS", "0")
     with pytest.raises(ConfigError, match=r"engine\.slots"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "origin", ["*", "https://app.example/", "https://*.example", "app.example", "ftp://a.b"]
+)
+def test_cors_origins_must_be_exact_origins(
+    home: Path, monkeypatch: pytest.MonkeyPatch, origin: str
+) -> None:
+    monkeypatch.setenv("BASTION_SERVER__CORS_ORIGINS", f'["{origin}"]')
+    with pytest.raises(ConfigError, match=r"server\.cors_origins"):
+        load_settings()
+
+
+def test_cors_origins_accept_hosts_ports_and_ipv6(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origins = ["https://app.example:8443", "http://localhost:3000", "http://[::1]:5173"]
+    monkeypatch.setenv("BASTION_SERVER__CORS_ORIGINS", json.dumps(origins))
+    assert load_settings().server.cors_origins == origins

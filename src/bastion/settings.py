@@ -8,11 +8,12 @@ below. Field descriptions double as help text and as the configuration reference
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -89,9 +90,28 @@ class ServerSettings(_Section):
         description="Host names accepted in the Host header on loopback listeners besides "
         "localhost and loopback addresses (anything else gets 403: DNS rebinding).",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) that may call the API from a web "
+        "page. None by default: no CORS headers at all. Callers still need a key.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level for bastion and uvicorn."
     )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin such as https://app.example:8443 "
+                    "(scheme, host and optional port; no path, no wildcard)"
+                )
+        return origins
+
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class EngineSettings(_Section):

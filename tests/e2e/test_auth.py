@@ -18,6 +18,7 @@ from tests.e2e.conftest import Server, audit_record, start_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
+APP_ORIGIN = "https://app.example:8443"
 
 
 def raw_get(server: Server, path: str, headers: list[tuple[bytes, bytes]]) -> int:
@@ -49,6 +50,7 @@ def keyed(
         env={
             "BASTION_AUTH__LOOPBACK_BYPASS": "false",
             "BASTION_SERVER__TRUSTED_HOSTS": '["bastion.lan"]',
+            "BASTION_SERVER__CORS_ORIGINS": f'["{APP_ORIGIN}"]',
         },
         wait_ready=False,
     )
@@ -153,6 +155,39 @@ def test_dns_rebinding_host_is_refused(keyed: tuple[Server, str]) -> None:
     assert raw_get(server, "/health", [(b"Host", b"[::1]:8000")]) == 200
     assert raw_get(server, "/health", [(b"Host", b"bastion.lan")]) == 200
     assert raw_get(server, "/v1/models", [(b"Host", b"evil.example"), auth]) == 403
+
+
+def preflight(server: Server, origin: str) -> httpx.Response:
+    return httpx.options(
+        f"{server.v1}/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+
+
+def test_cors_only_for_configured_origins(keyed: tuple[Server, str], server: Server) -> None:
+    remote, token = keyed
+    allowed = preflight(remote, APP_ORIGIN)  # preflights carry no key
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    foreign = preflight(remote, "https://evil.example")
+    assert "access-control-allow-origin" not in foreign.headers
+    call = httpx.get(
+        f"{remote.v1}/models",
+        headers={"Origin": APP_ORIGIN, "Authorization": f"Bearer {token}"},
+    )
+    assert call.status_code == 200
+    assert call.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "x-request-id" in call.headers["access-control-expose-headers"].lower()
+    # Without configured origins there are no CORS headers at all.
+    default = httpx.get(f"{server.v1}/models", headers={"Origin": APP_ORIGIN})
+    assert default.status_code == 200
+    assert not any(h.startswith("access-control-") for h in default.headers)
+    assert "access-control-allow-origin" not in preflight(server, APP_ORIGIN).headers
 
 
 def test_without_any_key_remote_callers_are_refused(tmp_path: Path, shared_home: Path) -> None:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from bastion.api.errors import install_handlers
 from bastion.api.middleware.audit import AuditMiddleware
@@ -87,8 +88,8 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    # Added last = outermost. Order of execution: request id, audit, trusted host,
-    # authentication, body limit, then the routes.
+    # Added last = outermost. Order of execution: request id, audit, trusted host, CORS
+    # (when origins are configured), authentication, body limit, then the routes.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.server.max_body_bytes,
@@ -100,6 +101,16 @@ def create_app(
         loopback_bypass=settings.auth.loopback_bypass,
         disabled=auth_disabled(),
     )
+    if settings.server.cors_origins:
+        # Outside auth: a browser's preflight carries no credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(TrustedHostMiddleware, trusted=settings.server.trusted_hosts)
     # Outside auth and host checks, so refused requests are audited too (with their reason).
     app.state.metrics = metrics = Metrics()
