@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-# Greedy counting runs to max_tokens on every server, so each request decodes the same tokens.
-PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+# Streamed chat. Greedy, this request runs past 128 tokens on every server (a story does not
+# end early), so each request decodes the same number of tokens.
+MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 MODEL = "smollm2-135m-instruct"
 # llama-server (cpp-httplib) closes a kept-alive connection after a few requests, and a POST
 # sent just as it does fails; every server gets a fresh connection per request instead.
@@ -27,12 +28,10 @@ class Stream:
     tokens: int
 
 
-def stream_once(
-    client: httpx.Client, base_url: str, max_tokens: int, prompt: str = PROMPT
-) -> Stream:
+def stream_once(client: httpx.Client, base_url: str, max_tokens: int) -> Stream:
     body = {
         "model": MODEL,
-        "prompt": prompt,
+        "messages": MESSAGES,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -42,7 +41,7 @@ def stream_once(
     first = last = 0.0
     events = usage = 0
     with client.stream(
-        "POST", f"{base_url}/v1/completions", json=body, timeout=600, headers=FRESH_CONNECTION
+        "POST", f"{base_url}/v1/chat/completions", json=body, timeout=600, headers=FRESH_CONNECTION
     ) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
@@ -52,7 +51,7 @@ def stream_once(
             if (event.get("usage") or {}).get("completion_tokens"):
                 usage = event["usage"]["completion_tokens"]  # an event may carry several
             choices = event.get("choices") or [{}]
-            if choices[0].get("text"):
+            if (choices[0].get("delta") or {}).get("content"):
                 last = time.perf_counter()
                 events += 1
                 if events == 1:

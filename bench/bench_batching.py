@@ -3,7 +3,9 @@
 bastion (continuous batching, N slots) against llama-cpp-python's server and, when a binary
 is given, llama-server with as many slots; same model, same threads, same run. Each server runs
 alone while it is measured, in the order A B C C B A, so they never compete for the cores and
-drift in machine speed hits them alike.
+drift in machine speed hits them alike. Before and after the servers, the ceiling is measured:
+llama.cpp decoding as many sequences in a plain loop without any server (``_ceiling.py``); the
+"of ceiling" column is the share of that decoding power each server delivers to its clients.
 
     .venv/bin/python bench/bench_batching.py [--clients 1,2,4,8] [--slots 4] [--rounds 2]
         [--max-tokens 128] [--threads 2] [--llama-server PATH] [--skip-llama-cpp-python]
@@ -15,6 +17,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from _ceiling import measure
 from _load import Sweep, run_clients
 from _servers import Peer, start_bastion, start_llama_cpp_python, start_llama_server
 from bastion.catalog import BUILTIN_MODELS, SMOLLM2
@@ -60,6 +63,16 @@ def main(clients: str = "1,2,4,8", rounds: int = 2, doc: str = __doc__ or "") ->
     # Each server runs alone (an idle peer must not take the cores from the measured one),
     # in the order A B C C B A so that drift in machine speed hits every server alike.
     results: dict[int, dict[str, Sweep]] = {n: {} for n in levels}
+    ceiling: dict[int, list[float]] = {n: [] for n in levels}
+
+    def measure_ceiling() -> None:
+        for level in levels:
+            sequences = min(level, args.slots)
+            ceiling[level].append(
+                measure(model, args.threads, sequences, args.ctx, args.max_tokens)
+            )
+
+    measure_ceiling()
     for name in [*starters, *reversed(starters)]:
         peer = starters[name]()
         try:
@@ -71,17 +84,21 @@ def main(clients: str = "1,2,4,8", rounds: int = 2, doc: str = __doc__ or "") ->
                 )
         finally:
             peer.stop()
-    report(results)
+    measure_ceiling()
+    report(results, {level: sum(rates) / len(rates) for level, rates in ceiling.items()})
 
 
-def report(results: dict[int, dict[str, Sweep]]) -> None:
+def report(results: dict[int, dict[str, Sweep]], ceiling: dict[int, float]) -> None:
     print(
-        f"{'clients':>7} {'server':<18} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'failed':>6}"
+        f"{'clients':>7} {'server':<18} {'tok/s':>8} {'of ceiling':>10} {'TTFT p50':>9} "
+        f"{'TTFT p95':>9} {'failed':>6}"
     )
     for clients, by_peer in results.items():
+        print(f"{clients:>7} {'(decode loop)':<18} {ceiling[clients]:>8.1f}")
         for name, sweep in by_peer.items():
+            share = sweep.tokens_per_second / ceiling[clients]
             print(
-                f"{clients:>7} {name:<18} {sweep.tokens_per_second:>8.1f} "
+                f"{clients:>7} {name:<18} {sweep.tokens_per_second:>8.1f} {share:>10.0%} "
                 f"{sweep.ttft(0.5):>9.3f} {sweep.ttft(0.95):>9.3f} {sweep.failures:>6}"
             )
     print()
