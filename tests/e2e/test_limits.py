@@ -72,6 +72,22 @@ def head(*headers: bytes, path: bytes = b"/health") -> bytes:
     return b"\r\n".join([b"GET " + path + b" HTTP/1.1", b"Host: 127.0.0.1", *headers, b"", b""])
 
 
+def post(path: bytes, body: bytes, *headers: bytes, length: int | None = None) -> bytes:
+    """A POST with a JSON body; ``length`` claims a Content-Length other than the body's."""
+    declared = len(body) if length is None else length
+    return b"\r\n".join(
+        [
+            b"POST " + path + b" HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % declared,
+            *headers,
+            b"",
+            body,
+        ]
+    )
+
+
 def still_healthy(server: Server) -> None:
     assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
 
@@ -146,16 +162,7 @@ def test_keep_alive_resets_the_head_limits(strict: Server) -> None:
 
 def test_a_large_body_is_not_counted_as_head(strict: Server) -> None:
     body = json.dumps({"messages": "not a list", "padding": "x" * (8 * LIMIT)}).encode()
-    request = b"\r\n".join(
-        [
-            b"POST /v1/chat/completions HTTP/1.1",
-            b"Host: 127.0.0.1",
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(body),
-            b"",
-            body,
-        ]
-    )
+    request = post(b"/v1/chat/completions", body)
     with connect(strict) as sock:
         sock.sendall(head() + request)  # pipelined behind a GET
         assert read_response(sock)[0] == 200
@@ -168,16 +175,7 @@ def test_an_oversized_pipelined_head_does_not_break_the_answer_before_it(
     strict: Server,
 ) -> None:
     body = json.dumps({"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "temperature": 0}).encode()
-    request = b"\r\n".join(
-        [
-            b"POST /v1/completions HTTP/1.1",
-            b"Host: 127.0.0.1",
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(body),
-            b"",
-            body,
-        ]
-    )
+    request = post(b"/v1/completions", body)
     with connect(strict) as sock:
         sock.sendall(request + b"GET /health HTTP/1.1\r\nX-Endless: " + b"e" * (2 * LIMIT))
         status, _, answer = read_response(sock)
@@ -188,19 +186,8 @@ def test_an_oversized_pipelined_head_does_not_break_the_answer_before_it(
 
 def test_a_trickled_body_gets_408(strict: Server) -> None:
     with connect(strict) as sock:
-        sock.sendall(
-            b"\r\n".join(
-                [
-                    b"POST /v1/chat/completions HTTP/1.1",
-                    b"Host: 127.0.0.1",
-                    b"Content-Type: application/json",
-                    b"Content-Length: 100",
-                    b"X-Request-Id: slow-body",
-                    b"",
-                    b'{"messages": [',
-                ]
-            )
-        )
+        partial = b'{"messages": ['  # and then nothing more
+        sock.sendall(post(b"/v1/chat/completions", partial, b"X-Request-Id: slow-body", length=100))
         status, headers, body = read_response(sock)
     assert status == 408
     assert headers["x-request-id"] == "slow-body"
