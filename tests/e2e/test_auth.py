@@ -163,7 +163,8 @@ def preflight(server: Server, origin: str) -> httpx.Response:
         headers={
             "Origin": origin,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            # as the openai JavaScript SDK sends them
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os",
         },
     )
 
@@ -173,7 +174,7 @@ def test_cors_only_for_configured_origins(keyed: tuple[Server, str], server: Ser
     allowed = preflight(remote, APP_ORIGIN)  # preflights carry no key
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
-    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    assert "x-stainless-os" in allowed.headers["access-control-allow-headers"].lower()
     foreign = preflight(remote, "https://evil.example")
     assert "access-control-allow-origin" not in foreign.headers
     call = httpx.get(
@@ -304,6 +305,17 @@ def test_content_is_audited_only_when_asked_for(shared_home: Path) -> None:
             extra_headers={"X-Request-Id": "content-text"},
         )
         streamed = "".join(event.choices[0].text for event in stream)
+        body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 1000, "stream": True}
+        with httpx.stream(
+            "POST",
+            f"{server.v1}/completions",
+            json={**body, "temperature": 0},
+            headers={"X-Request-Id": "content-left"},
+            timeout=60,
+        ) as response:
+            events = response.iter_lines()
+            for _ in range(6):
+                next(events)  # then the client goes away in the middle of the stream
     finally:
         server.stop()
     chat_record = audit_record(shared_home, "content-chat")
@@ -311,6 +323,9 @@ def test_content_is_audited_only_when_asked_for(shared_home: Path) -> None:
     assert chat_record["completion"] == chat.choices[0].message.content
     text_record = audit_record(shared_home, "content-text")
     assert (text_record["prompt"], text_record["completion"]) == ("Once upon a time", streamed)
+    left = audit_record(shared_home, "content-left")  # what was generated until then
+    assert 0 < int(left["completion_tokens"]) < 1000
+    assert str(left["completion"]).startswith(" 4")
     assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0
 
 

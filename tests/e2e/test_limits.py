@@ -171,17 +171,58 @@ def test_a_large_body_is_not_counted_as_head(strict: Server) -> None:
     assert error_code(response) != "request_header_fields_too_large"
 
 
-def test_an_oversized_pipelined_head_does_not_break_the_answer_before_it(
+def completion(max_tokens: int) -> bytes:
+    body = {"prompt": "Count: 1, 2, 3,", "max_tokens": max_tokens, "temperature": 0}
+    return post(b"/v1/completions", json.dumps(body).encode())
+
+
+def test_an_oversized_pipelined_head_is_refused_after_the_answer_before_it(
     strict: Server,
 ) -> None:
-    body = json.dumps({"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "temperature": 0}).encode()
-    request = post(b"/v1/completions", body)
     with connect(strict) as sock:
-        sock.sendall(request + b"GET /health HTTP/1.1\r\nX-Endless: " + b"e" * (2 * LIMIT))
+        sock.sendall(completion(24) + b"GET /health HTTP/1.1\r\nX-Endless: ")
+        time.sleep(0.05)
+        sock.sendall(b"e" * (2 * LIMIT))  # arrives while the answer is being written
         status, _, answer = read_response(sock)
         assert status == 200
-        assert json.loads(answer)["usage"]["completion_tokens"] == 24
-        assert_closed(sock)  # then the connection ends, without a 431 spliced in
+        assert json.loads(answer)["usage"]["completion_tokens"] == 24  # not cut short
+        status, _, body = read_response(sock)  # then the refusal, not spliced into it
+        assert status == 431
+        assert error_code(body) == "request_header_fields_too_large"
+        assert_closed(sock)
+
+
+def test_the_head_clock_stops_while_the_server_is_answering(strict: Server) -> None:
+    """A head pipelined behind a long answer is not timed while the server writes that
+    answer (the server is not reading then); once the answers are done, it is."""
+    partial = b"GET /health HTTP/1.1\r\nX-Partial: 1\r\n"
+    with connect(strict) as sock:
+        sock.sendall(completion(200) + head() + partial)
+        status, _, answer = read_response(sock)
+        assert status == 200
+        assert json.loads(answer)["usage"]["completion_tokens"] == 200  # longer than the timeout
+        assert read_response(sock)[0] == 200
+        status, _, body = read_response(sock)
+        assert status == 408
+        assert error_code(body) == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "leftover"),
+    [(head(), b"\r\n"), (head(b"Transfer-Encoding: chunked"), b"1\r\nx\r\n")],
+    ids=["blank-line", "unread-body"],
+)
+def test_bytes_after_an_answer_do_not_hold_the_connection(
+    strict: Server, request_bytes: bytes, leftover: bytes
+) -> None:
+    """A blank line before the next request line, or a chunk of a GET's body that nobody
+    reads, must not keep a connection open past the head timeout."""
+    with connect(strict) as sock:
+        sock.sendall(request_bytes)
+        assert read_response(sock)[0] == 200
+        sock.sendall(leftover)
+        rest = sock.makefile("rb", buffering=0).read()  # returns once the server hangs up
+        assert rest == b"" or rest.startswith(b"HTTP/1.1 408")
 
 
 def test_a_trickled_body_gets_408(strict: Server) -> None:

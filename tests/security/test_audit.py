@@ -71,6 +71,14 @@ def test_records_longer_than_a_read_block_keep_the_chain(tmp_path: Path) -> None
     assert verify_chain(tmp_path) == []
 
 
+def test_two_writers_on_one_home_keep_one_chain(tmp_path: Path) -> None:
+    """Each writer remembers its last line; another process's append must not be skipped."""
+    first, second = AuditLog(tmp_path), AuditLog(tmp_path)
+    for i in range(6):
+        (first if i % 2 else second).append({"request_id": f"req_{i}"})
+    assert verify_chain(tmp_path) == []
+
+
 def test_cli_exits_1_with_the_line_number(tmp_path: Path) -> None:
     home = tmp_path / "home"
     filled(home / "audit")

@@ -107,7 +107,9 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            # Any request header: SDKs add their own (the openai JS client sends
+            # X-Stainless-*), and the origin list is what keeps other pages out.
+            allow_headers=["*"],
             expose_headers=["X-Request-Id", "Retry-After"],
             max_age=600,
         )

@@ -41,20 +41,30 @@ class _Refused(Exception):  # noqa: N818 - a signal through httptools, not an er
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
+    """The clock runs whenever the client owes the server bytes and no response is being
+    written: from the connection opening, and from any byte that arrives while the server is
+    not answering (a new head, blank lines, leftovers of a body nobody reads). It stops when a
+    head is complete; body time belongs to the body limit middleware. A refusal that comes
+    while earlier pipelined responses are still being written waits for them."""
+
     limits: ClassVar[HeadLimits] = HeadLimits()
 
     _reading_head = True
+    _begun = False
+    """A head has begun (its first bytes may have arrived behind another request's)."""
     _head_bytes = 0
-    _head_timer: asyncio.TimerHandle | None = None
+    _trailer_bytes = 0
+    _timer: asyncio.TimerHandle | None = None
     _refusal: BastionError | None = None
+    _pending: BastionError | None = None
     _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self.limits.timeout, self._head_timed_out)
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -63,23 +73,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if (
-            self._reading_head
-            and self._head_bytes > self.limits.max_bytes
-            and not self.transport.is_closing()
-        ):
+        if self.transport.is_closing():
+            return
+        if self._reading_head and self._head_bytes > self.limits.max_bytes:
             self._refuse(self._too_large())
+        elif not self._answering():
+            self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._reading_head = True
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.timeout, self._head_timed_out)
+        self._begun = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._reading_head:  # a chunked body's trailers: bounded like a head
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self.limits.max_bytes:
+                self._refusal = self._too_large()
+                raise _Refused
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        self._head_bytes = 0
-        self._stop_head_timer()
+        self._head_bytes = self._trailer_bytes = 0
+        self._disarm()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_bytes:
             self._refusal = self._too_large()
@@ -89,8 +105,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         # Whatever arrives next on this connection is the next request's head.
         self._reading_head = True
+        self._begun = False
         self._head_bytes = 0
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._answering() or self.transport.is_closing():
+            return
+        if self._pending is not None:
+            self._send_refusal(self._pending)
+        elif self._reading_head and (self._begun or self._head_bytes):
+            self._arm()  # a head had begun behind the response just finished
 
     def send_400_response(self, msg: str) -> None:
         refusal, self._refusal = self._refusal, None
@@ -99,23 +125,30 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             self._refuse(refusal)
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self._reading_head or self.transport.is_closing():
-            return
-        if self._head_bytes == 0:
-            self.transport.close()  # nothing was asked: just hang up
-            return
-        self._refuse(
-            RequestTimeoutError(
-                f"The request head was not complete within {self.limits.timeout:g} seconds."
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.limits.timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._answering() or self.transport.is_closing():
+            return  # the client is waiting for us, not the other way round
+        if self._reading_head and (self._begun or self._head_bytes):
+            self._refuse(
+                RequestTimeoutError(
+                    f"The request head was not complete within {self.limits.timeout:g} seconds."
+                )
             )
-        )
+        else:
+            self.transport.close()  # nothing that could be answered: just hang up
 
     def _too_large(self) -> HeadersTooLargeError:
         return HeadersTooLargeError(
@@ -126,13 +159,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, error: BastionError) -> None:
         client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031
         log.warning("refused %s: %s (%d)", client, error.code, error.status)
-        self._stop_head_timer()
+        self._disarm()
         self._discarding = True
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head while an earlier response is still being written: the
-            # refusal cannot be interleaved with it, so finish that response, then hang up.
-            self.cycle.keep_alive = False
+        if self._answering():
+            # Earlier pipelined requests are still being answered: a refusal cannot be
+            # spliced into their responses, so it follows them.
+            self._pending = error
             return
+        self._send_refusal(error)
+
+    def _send_refusal(self, error: BastionError) -> None:
+        self._pending = None
         body = json.dumps(error.envelope()).encode()
         head = [
             STATUS_LINE[error.status],

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
 from bastion.engine import Chunk, TokenLogprob
@@ -185,16 +185,18 @@ async def _run(
         texts.append(first.text)
     record["queued"] = first.queued
     if not stream:
+        collected = [first]
         try:
-            rest = await race_disconnect(_drain(iterator), receive)
+            await race_disconnect(_drain(iterator, collected), receive)
         finally:
+            # also when the client left: what was generated is accounted for
             await gen.__aexit__(None, None, None)
-        if texts is not None:
-            texts.extend(chunk.text for chunk in rest)
-        _account(record, rest[-1] if rest else first, texts)
-        return JSONResponse(collect([first, *rest]))
+            if texts is not None:
+                texts.extend(chunk.text for chunk in collected[1:])
+            _account(record, collected[-1], texts)
+        return JSONResponse(collect(collected))
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncGenerator[bytes, None]:
         last = first
         try:
             yield _sse(_with_usage(shape(first, True), include_usage))
@@ -219,7 +221,24 @@ async def _run(
             await gen.__aexit__(None, None, None)
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return _EventStream(events())
+
+
+class _EventStream(StreamingResponse):
+    """Closes its event generator before it returns, also when the client went away in the
+    middle: the generator's ``finally`` (token counts, audited text, engine cancellation)
+    then runs before the audit middleware writes the request's record, not whenever the
+    abandoned generator is garbage-collected."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
 
 
 def _account(record: dict[str, Any], last: Chunk, texts: list[str] | None) -> None:
@@ -235,8 +254,9 @@ def _with_usage(event: dict[str, Any], include_usage: bool) -> dict[str, Any]:
     return event
 
 
-async def _drain(iterator: AsyncIterator[Chunk]) -> list[Chunk]:
-    return [chunk async for chunk in iterator]
+async def _drain(iterator: AsyncIterator[Chunk], into: list[Chunk]) -> None:
+    async for chunk in iterator:
+        into.append(chunk)
 
 
 # ---- chat completions --------------------------------------------------------------------

@@ -37,6 +37,9 @@ class AuditLog:
         self.path = directory / LOG_NAME
         self.max_bytes = max_bytes
         self.keep = keep
+        self._tail: tuple[int, int, str] | None = None
+        """(inode, size, last hash) of the file as this process last wrote it: while nobody
+        else has appended, the next line chains to it without re-reading the file."""
 
     def _last_hash(self) -> str:
         for path in (self.path, self.directory / f"{LOG_NAME}.1"):
@@ -55,15 +58,26 @@ class AuditLog:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
                 self._rotate()
-            prev = self._last_hash()
+            prev = self._cached_tail() or self._last_hash()
             entry = {**record, "prev": prev}
             entry["hash"] = _digest(prev, entry)
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode())
+                written = os.fstat(fd)
+                self._tail = (written.st_ino, written.st_size, entry["hash"])
             finally:
                 os.close(fd)
+
+    def _cached_tail(self) -> str | None:
+        try:
+            current = self.path.stat()
+        except FileNotFoundError:
+            return None
+        if self._tail is not None and self._tail[:2] == (current.st_ino, current.st_size):
+            return self._tail[2]
+        return None
 
     def _rotate(self) -> None:
         for n in range(self.keep - 1, 0, -1):

@@ -12,7 +12,12 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.api.errors import send_error
-from bastion.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from bastion.errors import (
+    BastionError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+)
 
 
 class BodyLimitMiddleware:
@@ -37,6 +42,7 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
+        outcome: BastionError | None = None
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
@@ -46,18 +52,17 @@ class BodyLimitMiddleware:
                     body = message.get("body", b"")
                     size += len(body)
                     if size > self.max_bytes:
-                        await send_error(send, too_large)
-                        return
+                        outcome = too_large
+                        break
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            await send_error(
-                send,
-                RequestTimeoutError(
-                    f"The request body was not complete within {self.timeout:g} seconds."
-                ),
+            outcome = RequestTimeoutError(
+                f"The request body was not complete within {self.timeout:g} seconds."
             )
+        if outcome is not None:  # sent outside the timeout: a slow reader is not timed twice
+            await send_error(send, outcome)
             return
         replayed = False
 
