@@ -298,3 +298,41 @@ def test_weights_replaced_after_verification_are_refused(
     )
     with pytest.raises(ModelLoadError, match="replaced between verification and load"):
         asyncio.run(eng.start())
+
+
+def test_a_newcomer_copies_a_shared_prefix_from_a_running_stream(
+    engine: LlamaCppEngine, smollm2_file: Path
+) -> None:
+    """Users arriving together with the same system prompt: the second takes the prefix's
+    KV from the first one's stream while that stream is still running, and answers exactly
+    as it would have computing everything itself."""
+    system = "You are a careful librarian who answers briefly and politely. " * 8
+    question = GenerationParams(
+        prompt=system + "Question: what is green?", sampling=GREEDY, max_tokens=12
+    )
+
+    async def newcomer_while_another_runs() -> list[Chunk]:
+        running = engine.generate(
+            GenerationParams(prompt=system + "Question: count to fifty.", max_tokens=300)
+        )
+        await anext(running)  # the first user's stream is decoding now
+        try:
+            return await collect(engine, question)
+        finally:
+            await running.aclose()
+
+    copied = asyncio.run(newcomer_while_another_runs())
+    assert copied[-1].cached_tokens >= 90  # the system prompt was not recomputed
+    reference = LlamaCppEngine(
+        "smollm2",
+        smollm2_file,
+        "0" * 64,
+        EngineSettings(threads=2, slots=1, ctx_per_slot=CTX, prefix_cache=False),
+    )
+    asyncio.run(reference.start())
+    try:
+        computed = asyncio.run(collect(reference, question))
+    finally:
+        asyncio.run(reference.close())
+    assert computed[-1].cached_tokens == 0
+    assert "".join(c.text for c in copied) == "".join(c.text for c in computed)

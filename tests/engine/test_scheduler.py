@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from bastion.engine.llamacpp.scheduler import Slot, choose_slot, common_prefix
+from bastion.engine.llamacpp.scheduler import (
+    COPY_MIN_GAIN,
+    Slot,
+    choose_slot,
+    common_prefix,
+    prefix_donor,
+)
 
 
 def test_common_prefix() -> None:
@@ -36,3 +42,21 @@ def test_none_when_every_slot_is_busy() -> None:
 def test_reuse_off_never_keeps_cached_tokens() -> None:
     slots = [Slot(0, [1, 2, 3], last_used=5), Slot(1, [9], last_used=1)]
     assert choose_slot(slots, [1, 2, 3, 4], reuse=False) == (slots[1], 0)
+
+
+def test_a_busy_slot_with_a_much_longer_prefix_donates_it() -> None:
+    shared = list(range(100))
+    target = Slot(0, [7])
+    donor = Slot(1, [*shared, 555], busy=True)
+    slots = [target, donor, Slot(2, shared[:10], busy=True)]
+    assert prefix_donor(slots, target, [*shared, 1, 2], keep=0) == (donor, 100)
+
+
+def test_no_donor_for_a_small_gain_or_from_idle_slots() -> None:
+    prompt = list(range(100))
+    target = Slot(0, prompt[:80])
+    near = Slot(1, prompt, busy=True)  # 99 - 80 tokens of gain: not worth a stream copy
+    assert prefix_donor([target, near], target, prompt, keep=80) is None
+    idle = Slot(2, prompt)
+    assert prefix_donor([Slot(3), idle], Slot(3), prompt, keep=0) is None
+    assert COPY_MIN_GAIN > 99 - 80

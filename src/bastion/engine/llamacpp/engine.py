@@ -41,7 +41,7 @@ from bastion.engine.llamacpp.requests import (
     request_of,
 )
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
-from bastion.engine.llamacpp.scheduler import Slot, choose_slot
+from bastion.engine.llamacpp.scheduler import Slot, choose_slot, prefix_donor
 from bastion.engine.stops import StopBuffer
 from bastion.errors import (
     BastionError,
@@ -254,6 +254,8 @@ class LlamaCppEngine:
         self._n_batch = int(params.n_batch)
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
+        self._copy_sources: set[int] = set()
+        """Slots whose stream llama.cpp will copy at the next decode (prefix donors)."""
         self._template = ChatTemplate(
             self._chat_template or model.chat_template() or CHATML,
             bos_token=model.bos_text,
@@ -362,6 +364,8 @@ class LlamaCppEngine:
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
                 # its own KV replaces the slot's: take the least valuable cache
                 choice = choose_slot(self._slots, item.paused.tokens, reuse=False)
+                if choice is not None and choice[0].seq_id in self._copy_sources:
+                    return  # a copy out of that stream is pending: resume after the step
             else:
                 choice = choose_slot(self._slots, item.prompt, reuse=self._settings.prefix_cache)
             if choice is None:
@@ -374,6 +378,18 @@ class LlamaCppEngine:
                 running.append(item)
 
     def _start(self, request: Request, slot: Slot, keep: int) -> Sequence:
+        donor = (
+            prefix_donor(self._slots, slot, request.prompt, keep)
+            if self._settings.prefix_cache
+            else None
+        )
+        if donor is not None:
+            # Another stream holds a longer prefix (a shared system prompt): llama.cpp
+            # copies that stream's cells into this one before the next decode.
+            source, keep = donor
+            ll.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+            self._copy_sources.add(source.seq_id)
+            slot.cached[:] = source.cached[:keep]
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             keep = 0
@@ -481,6 +497,7 @@ class LlamaCppEngine:
                     seq.batch_index = index
             budget -= len(take)
         status = ll.llama_decode(self._ctx, self._batch)
+        self._copy_sources.clear()  # the decode performed the pending stream copies
         if status != 0:
             log.error(
                 "llama_decode returned %d for a batch of %d tokens", status, self._batch.n_tokens

@@ -5,7 +5,9 @@ stream, so a sequence's numbers never depend on what else is in the batch). A sl
 request finished keeps its tokens' keys and values as a prefix cache: a newcomer takes the idle
 slot that already holds the longest prefix of its prompt and computes only the rest (a growing
 multi-turn chat, a shared system prompt). Ties go to the least recently used slot, so the
-freshest caches survive longest.
+freshest caches survive longest. When another slot, busy or not, holds a clearly longer prefix
+(users arriving together with the same system prompt), its KV is copied into the chosen slot
+instead of being computed again.
 """
 
 from __future__ import annotations
@@ -47,3 +49,26 @@ def choose_slot(
         return min(idle, key=lambda s: s.last_used), 0
     best = max(idle, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
     return best, min(common_prefix(best.cached, prompt), len(prompt) - 1)
+
+
+COPY_MIN_GAIN = 32
+"""Copying a KV stream moves the whole stream (``ctx_per_slot`` cells), a few milliseconds
+here; below this many tokens of gain, computing them is as cheap."""
+
+
+def prefix_donor(
+    slots: Sequence[Slot], target: Slot, prompt: Sequence[int], keep: int
+) -> tuple[Slot, int] | None:
+    """A busy slot whose cached prefix of ``prompt`` is at least ``COPY_MIN_GAIN`` tokens
+    longer than the ``keep`` tokens ``target`` already holds, and that prefix's length (the
+    last prompt token is still left to compute). Idle slots were already weighed when
+    ``target`` was chosen as the idle slot with the longest prefix."""
+    best = max(
+        (s for s in slots if s.busy and s is not target),
+        key=lambda s: common_prefix(s.cached, prompt),
+        default=None,
+    )
+    if best is None:
+        return None
+    shared = min(common_prefix(best.cached, prompt), len(prompt) - 1)
+    return (best, shared) if shared >= keep + COPY_MIN_GAIN else None
