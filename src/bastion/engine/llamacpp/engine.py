@@ -254,8 +254,9 @@ class LlamaCppEngine:
         self._n_batch = int(params.n_batch)
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
-        self._copy_sources: set[int] = set()
-        """Slots whose stream llama.cpp will copy at the next decode (prefix donors)."""
+        self._copying: set[int] = set()
+        """Slots whose stream llama.cpp will copy, or copy into, at the next decode (prefix
+        donors and their newcomers); restoring a paused stream there would be overwritten."""
         self._template = ChatTemplate(
             self._chat_template or model.chat_template() or CHATML,
             bos_token=model.bos_text,
@@ -364,8 +365,8 @@ class LlamaCppEngine:
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
                 # its own KV replaces the slot's: take the least valuable cache
                 choice = choose_slot(self._slots, item.paused.tokens, reuse=False)
-                if choice is not None and choice[0].seq_id in self._copy_sources:
-                    return  # a copy out of that stream is pending: resume after the step
+                if choice is not None and choice[0].seq_id in self._copying:
+                    return  # a copy of that stream is pending: resume after the step
             else:
                 choice = choose_slot(self._slots, item.prompt, reuse=self._settings.prefix_cache)
             if choice is None:
@@ -388,7 +389,7 @@ class LlamaCppEngine:
             # copies that stream's cells into this one before the next decode.
             source, keep = donor
             ll.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
-            self._copy_sources.add(source.seq_id)
+            self._copying.update((source.seq_id, slot.seq_id))
             slot.cached[:] = source.cached[:keep]
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -497,7 +498,10 @@ class LlamaCppEngine:
                     seq.batch_index = index
             budget -= len(take)
         status = ll.llama_decode(self._ctx, self._batch)
-        self._copy_sources.clear()  # the decode performed the pending stream copies
+        if status != -1:
+            # llama.cpp performed the pending stream copies before decoding; only -1 (a
+            # batch refused up front) returns before that, leaving them queued
+            self._copying.clear()
         if status != 0:
             log.error(
                 "llama_decode returned %d for a batch of %d tokens", status, self._batch.n_tokens
