@@ -28,10 +28,10 @@ import numpy as np
 
 from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
 from bastion.engine.chat_template import CHATML, ChatTemplate
+from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel
 from bastion.engine.llamacpp.requests import (
     Item,
-    Paused,
     Request,
     Sequence,
     coalesce,
@@ -249,14 +249,11 @@ class LlamaCppEngine:
         if not ctx:
             raise ModelLoadError(f"llama.cpp could not create a context for '{self._name}'")
         self._ctx = ctx
-        self._memory = ll.llama_get_memory(ctx)
+        self._kv = SlotStreams(ctx)
         self._ctx_per_slot = min(ctx_per_slot, int(ll.llama_n_ctx_seq(ctx)))
         self._n_batch = int(params.n_batch)
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
-        self._copying: set[int] = set()
-        """Slots whose stream llama.cpp will copy, or copy into, at the next decode (prefix
-        donors and their newcomers); restoring a paused stream there would be overwritten."""
         self._template = ChatTemplate(
             self._chat_template or model.chat_template() or CHATML,
             bos_token=model.bos_text,
@@ -279,7 +276,7 @@ class LlamaCppEngine:
         self._batch.n_tokens = 0
         self._add(token, 0, 0, logits=True)
         ll.llama_decode(self._ctx, self._batch)
-        ll.llama_memory_clear(self._memory, True)
+        self._kv.clear_all()
 
     def _release(self) -> None:
         deadline = time.monotonic() + 30
@@ -365,8 +362,8 @@ class LlamaCppEngine:
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
                 # its own KV replaces the slot's: take the least valuable cache
                 choice = choose_slot(self._slots, item.paused.tokens, reuse=False)
-                if choice is not None and choice[0].seq_id in self._copying:
-                    return  # a copy of that stream is pending: resume after the step
+                if choice is not None and self._kv.copy_pending(choice[0]):
+                    return  # resume after the step, once the copy is done
             else:
                 choice = choose_slot(self._slots, item.prompt, reuse=self._settings.prefix_cache)
             if choice is None:
@@ -384,17 +381,10 @@ class LlamaCppEngine:
             if self._settings.prefix_cache
             else None
         )
-        if donor is not None:
-            # Another stream holds a longer prefix (a shared system prompt): llama.cpp
-            # copies that stream's cells into this one before the next decode.
-            source, keep = donor
-            ll.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
-            self._copying.update((source.seq_id, slot.seq_id))
-            slot.cached[:] = source.cached[:keep]
-        if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
-            ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            keep = 0
-        del slot.cached[keep:]
+        if donor is not None:  # a busy slot holds a longer prefix (a shared system prompt)
+            keep = self._kv.copy_prefix(donor[0], slot, donor[1])
+        else:
+            keep = self._kv.keep_prefix(slot, keep)
         slot.busy = True
         assert self._model is not None  # noqa: S101
         sampler = SamplerChain(request.params.sampling, self._model.n_vocab)
@@ -427,18 +417,14 @@ class LlamaCppEngine:
 
     def _pause(self, seq: Sequence) -> bool:
         slot = seq.slot
-        size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
-        state = (ctypes.c_uint8 * size)()
-        if ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) != size:
+        seq.paused = self._kv.save(slot)
+        if seq.paused is None:
             return False  # could not copy the state out: keep running instead
-        seq.paused = Paused(state, list(slot.cached))
-        ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        slot.cached.clear()
         slot.busy, slot.last_used = False, time.monotonic()
         log.debug(
             "paused after %d tokens (%d bytes of KV)",
             seq.generated,
-            size,
+            len(seq.paused.state),
             extra={"request_id": seq.request.request_id},
         )
         return True
@@ -446,16 +432,12 @@ class LlamaCppEngine:
     def _resume(self, seq: Sequence, slot: Slot) -> bool:
         paused = seq.paused
         assert paused is not None  # noqa: S101 - only paused sequences are queued
-        ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        restored = ll.llama_state_seq_set_data(
-            self._ctx, paused.state, len(paused.state), slot.seq_id
-        )
-        slot.cached[:] = paused.tokens if restored else []
+        restored = self._kv.restore(paused, slot)
         slot.busy = True
         seq.slot, seq.paused, seq.started = slot, None, time.monotonic()
         if not restored:
             self._finish_with_error(seq, EngineError("the engine could not resume a stream"))
-        return bool(restored)
+        return restored
 
     def _add(self, token: int, pos: int, seq_id: int, *, logits: bool) -> int:
         batch = self._batch
@@ -498,18 +480,14 @@ class LlamaCppEngine:
                     seq.batch_index = index
             budget -= len(take)
         status = ll.llama_decode(self._ctx, self._batch)
-        if status != -1:
-            # llama.cpp performed the pending stream copies before decoding; only -1 (a
-            # batch refused up front) returns before that, leaving them queued
-            self._copying.clear()
+        self._kv.decoded(status)
         if status != 0:
             log.error(
                 "llama_decode returned %d for a batch of %d tokens", status, self._batch.n_tokens
             )
             for seq in running:
                 self._finish_with_error(seq, EngineError("the engine failed to decode"))
-                ll.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
-                seq.slot.cached.clear()
+                self._kv.drop(seq.slot)
             running.clear()
             return
         running[:] = [seq for seq in running if not self._advance(seq)]
