@@ -31,8 +31,14 @@ def measure(model: Path, threads: int, sequences: int, ctx: int, steps: int) -> 
 def _decode_loop(model_path: Path, threads: int, sequences: int, ctx: int, steps: int) -> float:
     import llama_cpp as ll  # noqa: PLC0415 - only in the measuring process
 
+    from bastion.engine.cpu import decide_repack, read_cpu_flags  # noqa: PLC0415
+
     ll.llama_backend_init()
-    model = ll.llama_model_load_from_file(str(model_path).encode(), ll.llama_model_default_params())
+    model_params = ll.llama_model_default_params()
+    # The same kernels bastion uses: no repacking where it crashes (CPUs with AMX).
+    system_info = ll.llama_print_system_info().decode()
+    model_params.use_extra_bufts = decide_repack("auto", read_cpu_flags(), system_info).enabled
+    model = ll.llama_model_load_from_file(str(model_path).encode(), model_params)
     vocab = ll.llama_model_get_vocab(model)
     params = ll.llama_context_default_params()
     params.n_ctx = ctx * sequences

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from bastion.engine.cpu import decide_repack, read_cpu_flags
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -107,8 +109,7 @@ def start_llama_cpp_python(model: Path, threads: int, ctx: int) -> Peer:
         "llama-cpp-python",
         [
             sys.executable,
-            "-m",
-            "llama_cpp.server",
+            str(Path(__file__).with_name("_llama_cpp_python_server.py")),
             "--model",
             str(model),
             "--n_threads",
@@ -155,10 +156,17 @@ def start_llama_server(
             str(port),
             "--alias",
             "smollm2-135m-instruct",
+            *llama_server_repack_args(),
         ],
     )
     peer.base_url = f"http://127.0.0.1:{port}"
     return _wait(peer, "/health")
+
+
+def llama_server_repack_args() -> list[str]:
+    """llama-server crashes like bastion did on CPUs with AMX unless told not to repack; with
+    ``--no-repack`` there, both servers run the same kernels."""
+    return [] if decide_repack("auto", read_cpu_flags(), "").enabled else ["--no-repack"]
 
 
 def parse_listening(log: str) -> str | None:

@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bastion.engine.cpu import RepackSetting
 from bastion.errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -169,6 +170,13 @@ class EngineSettings(_Section):
         le=65_536,
         description="Most prompt tokens per step while other requests are streaming, so a "
         "long prompt delays their next token only briefly.",
+    )
+
+    repack: RepackSetting = Field(
+        default="auto",
+        description="Let llama.cpp repack quantised weights for its faster CPU kernels. auto: "
+        "on, except where the CPU has AMX (llama.cpp's AMX repacking crashes there, llama.cpp "
+        "issue 20824); a model's catalog entry may override it.",
     )
 
     def resolved_threads(self) -> int:

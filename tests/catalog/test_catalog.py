@@ -58,6 +58,16 @@ def test_operator_override_merges_over_a_builtin(tmp_path: Path) -> None:
     assert model.package is not None  # the built-in source is kept
 
 
+def test_a_model_can_override_the_repack_policy(tmp_path: Path) -> None:
+    write(tmp_path, 'models:\n  smollm2-135m-instruct:\n    repack: "off"\n')
+    assert load_catalog(tmp_path).get("smollm2-135m-instruct").repack == "off"
+    assert load_catalog(tmp_path).get("gemma3-270m").repack is None  # engine.repack decides
+    write(tmp_path, "models:\n  smollm2-135m-instruct:\n    repack: sometimes\n")
+    catalog = load_catalog(tmp_path)
+    assert "'smollm2-135m-instruct' skipped" in "\n".join(catalog.warnings)
+    assert catalog.get("smollm2-135m-instruct").repack is None  # the built-in stays
+
+
 def test_add_validates_before_writing_and_writes_atomically(tmp_path: Path) -> None:
     catalog = load_catalog(tmp_path)
     with pytest.raises(InvalidParameterError, match="exactly one source"):

@@ -49,6 +49,13 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"{pattern!r} not in server log:\n{self.log_text()}")
 
+    def worker_pid(self) -> int:
+        """The server process under ``bastion serve``'s watchdog (Linux: read from /proc)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) == 1, f"expected one server process under the watchdog: {children}"
+        return int(children[0])
+
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
         if self.process.poll() is None:

@@ -6,7 +6,7 @@ import pytest
 
 from bastion.engine.base import ChatMessage
 from bastion.engine.chat_template import CHATML, ChatTemplate, TemplateRenderError
-from bastion.engine.llamacpp.model import LlamaModel
+from bastion.engine.llamacpp.model import LlamaModel, repack_decision
 from bastion.errors import ModelLoadError
 
 USER = (ChatMessage("user", "Hi"),)
@@ -18,7 +18,7 @@ def test_chatml_fallback_renders_generation_prompt() -> None:
 
 
 def test_smollm2_template_from_the_gguf_adds_its_default_system_prompt(smollm2_file) -> None:
-    model = LlamaModel(smollm2_file)
+    model = LlamaModel(smollm2_file, repack=repack_decision().enabled)
     try:
         source = model.chat_template()
         assert source is not None

@@ -23,7 +23,7 @@ from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.metrics import Metrics
 from bastion.router import ModelRegistry
-from bastion.router.registry import EngineFactory
+from bastion.router.registry import EngineFactory, StateListener
 from bastion.security.api_keys import KeyStore
 from bastion.security.audit import AuditLog
 from bastion.settings import Settings
@@ -43,14 +43,22 @@ async def _warn_while_open() -> None:
 
 
 def create_app(
-    settings: Settings, home: Path, engine_factory: EngineFactory | None = None
+    settings: Settings,
+    home: Path,
+    engine_factory: EngineFactory | None = None,
+    *,
+    on_state: StateListener | None = None,
 ) -> FastAPI:
-    """The bastion ASGI app; ``engine_factory`` defaults to the embedded llama.cpp engine."""
+    """The bastion ASGI app; ``engine_factory`` defaults to the embedded llama.cpp engine;
+    ``on_state`` hears every model state change."""
 
     def build_engine(model: LocalModel) -> Engine:
         engine = settings.engine
-        if model.ctx is not None:  # the catalog entry's context length wins for this model
+        # The catalog entry's context length and repack policy win for this model.
+        if model.ctx is not None:
             engine = engine.model_copy(update={"ctx_per_slot": model.ctx})
+        if model.repack is not None:
+            engine = engine.model_copy(update={"repack": model.repack})
         return LlamaCppEngine(
             model.name,
             model.weights,
@@ -68,6 +76,7 @@ def create_app(
             engine_factory or build_engine,
             settings.engine,
             require_signature=settings.integrity.require_signature,
+            on_state=on_state,
         )
         catalog = load_catalog(home, settings.store.allowed_roots)
         registry.add(catalog.get(settings.server.default_model))

@@ -19,6 +19,7 @@ from bastion.api.app import create_app
 from bastion.api.middleware.auth import auth_disabled, is_loopback
 from bastion.api.protocol import HeadLimits, protocol_class
 from bastion.errors import ConfigError
+from bastion.router.registry import StateListener
 from bastion.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,13 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings, home: Path) -> None:
-    """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish."""
+def serve(settings: Settings, home: Path, report: StateListener | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish.
+    ``report`` hears every model state change (the watchdog names them if the process dies)."""
     server_settings = settings.server
     sockets = bind_all(server_settings.host, server_settings.port)
     config = uvicorn.Config(
-        create_app(settings, home),
+        create_app(settings, home, on_state=report),
         log_config=None,
         access_log=False,
         lifespan="on",

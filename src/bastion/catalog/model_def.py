@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bastion.engine.cpu import RepackSetting
+
 NAME_PATTERN = r"^[a-z0-9._-]{1,64}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _LOCAL_CHARS = re.compile(r"^[A-Za-z0-9._/+@-]+$")
@@ -76,6 +78,9 @@ class ModelDef(_Strict):
     engine: Literal["llamacpp"] = "llamacpp"
     engine_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ctx: int | None = Field(default=None, ge=128, le=1_048_576)
+    repack: RepackSetting | None = Field(
+        default=None, description="Overrides engine.repack for this model."
+    )
     chat_template: Path | None = None
     lora: list[Path] = Field(default_factory=list)
     tags: list[Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,32}$")]] = Field(default_factory=list)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bastion.api.server import serve
+from bastion.api.watchdog import run_watched
 from bastion.catalog import load_catalog
 from bastion.log import configure_logging
 from bastion.settings import ensure_dir, home_dir, load_settings
@@ -50,5 +50,6 @@ def serve_command(
     apply_offline(settings.store)
     # Unknown or invalid models fail here, before anything binds.
     load_catalog(home, settings.store.allowed_roots).get(settings.server.default_model)
-    serve(settings, home)
-    raise typer.Exit(0)
+    # The server runs in a child process, so that its death (a native crash in llama.cpp) is
+    # logged with the model it was serving and turns into a non-zero exit code.
+    raise typer.Exit(run_watched(overrides))

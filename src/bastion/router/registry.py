@@ -57,6 +57,9 @@ class ModelState(enum.StrEnum):
 EngineFactory = Callable[[LocalModel], Engine]
 """Builds an (unstarted) engine for a verified model."""
 
+StateListener = Callable[[str, str, str], None]
+"""Hears ``(model, engine kind, state)`` on every state change of a model."""
+
 
 @dataclass(eq=False)
 class _Entry:
@@ -79,6 +82,7 @@ class ModelRegistry:
         settings: EngineSettings,
         *,
         require_signature: bool = True,
+        on_state: StateListener | None = None,
     ) -> None:
         self._home = home
         self._default = default_model
@@ -86,6 +90,12 @@ class ModelRegistry:
         self._settings = settings
         self._require_signature = require_signature
         self._entries: dict[str, _Entry] = {}
+        self._on_state = on_state
+
+    def _set_state(self, entry: _Entry, state: ModelState, error: str | None = None) -> None:
+        entry.state, entry.error = state, error
+        if self._on_state is not None:
+            self._on_state(entry.model.name, entry.model.engine, state.value)
 
     @property
     def default_model(self) -> str:
@@ -95,6 +105,7 @@ class ModelRegistry:
         """Register ``model`` and start importing, verifying and loading it in the background."""
         entry = _Entry(model)
         self._entries[model.name] = entry
+        self._set_state(entry, ModelState.LOADING)
         entry.task = asyncio.create_task(self._load(entry), name=f"load-{model.name}")
 
     async def _load(self, entry: _Entry) -> None:
@@ -112,16 +123,16 @@ class ModelRegistry:
             engine = self._factory(local)
             await engine.start()
         except BastionError as exc:
-            entry.state, entry.error = ModelState.FAILED, exc.message
+            self._set_state(entry, ModelState.FAILED, exc.message)
             log.error("model %s is not served: %s", name, exc.message)  # noqa: TRY400
             return
         except Exception:
-            entry.state, entry.error = ModelState.FAILED, "failed to load"
+            self._set_state(entry, ModelState.FAILED, "failed to load")
             log.exception("model %s failed to load", name)
             return
         admission = Admission(lambda: engine.running, self._settings.max_queue)
         entry.engine, entry.served = engine, ServedModel(engine, admission, local)
-        entry.state = ModelState.READY
+        self._set_state(entry, ModelState.READY)
         entry.load_seconds = time.perf_counter() - started
         log.info("model %s ready (sha256 %s) in %.2fs", name, local.sha256, entry.load_seconds)
 
@@ -185,4 +196,5 @@ class ModelRegistry:
         for entry in self._entries.values():
             if entry.engine is not None:
                 await entry.engine.close()
-            entry.state, entry.engine, entry.served = ModelState.STOPPED, None, None
+            entry.engine, entry.served = None, None
+            self._set_state(entry, ModelState.STOPPED)

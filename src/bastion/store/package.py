@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.catalog import ModelDef, PackageSource
+from bastion.engine.cpu import RepackSetting
 from bastion.errors import ModelLoadError
 from bastion.integrity.manifest import (
     MANIFEST_NAME,
@@ -52,6 +53,8 @@ class LocalModel:
     """Key id of the trusted signer of the manifest."""
     identity: FileIdentity | None = None
     """The verified weights file's identity; the engine checks it again after loading."""
+    repack: RepackSetting | None = None
+    """The catalog's repack policy for this model, overriding ``engine.repack``."""
 
 
 def _distribution(name: str) -> importlib.metadata.Distribution:
@@ -230,4 +233,5 @@ def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False
         provenance.root_digest,
         provenance.signer,
         before,
+        model.repack,
     )

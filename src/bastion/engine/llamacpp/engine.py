@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
 import queue
 import threading
@@ -24,12 +23,12 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import llama_cpp as ll
-import numpy as np
 
 from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
 from bastion.engine.chat_template import CHATML, ChatTemplate
+from bastion.engine.llamacpp.batch import add_token, logits_row
 from bastion.engine.llamacpp.kv import SlotStreams
-from bastion.engine.llamacpp.model import LlamaModel
+from bastion.engine.llamacpp.model import LlamaModel, repack_decision
 from bastion.engine.llamacpp.requests import (
     Item,
     Request,
@@ -42,6 +41,7 @@ from bastion.engine.llamacpp.requests import (
 )
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
 from bastion.engine.llamacpp.scheduler import Slot, choose_slot, prefix_donor
+from bastion.engine.llamacpp.selftest import run_self_test
 from bastion.engine.stops import StopBuffer
 from bastion.errors import (
     BastionError,
@@ -228,7 +228,15 @@ class LlamaCppEngine:
     def _load(self) -> None:
         started = time.perf_counter()
         settings = self._settings
-        self._model = model = LlamaModel(self._weights)
+        repack = repack_decision(settings.repack)
+        log.log(
+            logging.WARNING if repack.risky else logging.INFO,
+            "loading %s with llama.cpp, repack %s: %s",
+            self._name,
+            repack.label,
+            repack.reason,
+        )
+        self._model = model = LlamaModel(self._weights, repack=repack.enabled)
         if self._identity is not None and file_identity(self._weights) != self._identity:
             # Swapped between verification and load: what llama.cpp mapped is unverified.
             raise ModelLoadError(
@@ -259,7 +267,7 @@ class LlamaCppEngine:
             bos_token=model.bos_text,
             eos_token=model.eos_text,
         )
-        self._warm_up()
+        self._self_test(model)
         log.info(
             "loaded %s: %d slots x %d tokens, %d threads, %.2fs",
             self._name,
@@ -269,14 +277,14 @@ class LlamaCppEngine:
             time.perf_counter() - started,
         )
 
-    def _warm_up(self) -> None:
-        """One tiny decode so the first request does not pay for graph allocation."""
-        assert self._model is not None  # noqa: S101
-        token = max(ll.llama_vocab_bos(self._model.vocab), 0)
-        self._batch.n_tokens = 0
-        self._add(token, 0, 0, logits=True)
-        ll.llama_decode(self._ctx, self._batch)
-        self._kv.clear_all()
+    def _self_test(self, model: LlamaModel) -> None:
+        """Decode a fixed prompt before serving (see ``selftest``); also the warm-up."""
+        started = time.perf_counter()
+        try:
+            run_self_test(self._name, model, self._ctx, self._batch)
+        finally:
+            self._kv.clear_all()
+        log.info("%s passed its self-test in %.2fs", self._name, time.perf_counter() - started)
 
     def _release(self) -> None:
         deadline = time.monotonic() + 30
@@ -440,15 +448,7 @@ class LlamaCppEngine:
         return restored
 
     def _add(self, token: int, pos: int, seq_id: int, *, logits: bool) -> int:
-        batch = self._batch
-        i = int(batch.n_tokens)
-        batch.token[i] = token
-        batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq_id
-        batch.logits[i] = logits
-        batch.n_tokens = i + 1
-        return i
+        return add_token(self._batch, token, pos, seq_id, logits=logits)
 
     def _step(self, running: list[Sequence]) -> None:
         self._batch.n_tokens = 0
@@ -505,10 +505,7 @@ class LlamaCppEngine:
             return self._finish(seq, self._drain(seq), (), "stop")
         logprobs: tuple[TokenLogprob, ...] = ()
         if request.params.logprobs is not None:
-            pointer = ll.llama_get_logits_ith(self._ctx, seq.batch_index)
-            logits = np.ctypeslib.as_array(
-                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,)
-            )
+            logits = logits_row(self._ctx, seq.batch_index, model.n_vocab)
             logprobs = (compute_logprobs(logits, token, request.params.logprobs, model.token_text),)
         text, hit = seq.stops.push(seq.utf8.push(model.piece(token)))
         if hit:

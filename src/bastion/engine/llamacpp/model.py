@@ -9,6 +9,7 @@ from typing import Any
 
 import llama_cpp as ll
 
+from bastion.engine.cpu import RepackDecision, RepackSetting, decide_repack, read_cpu_flags
 from bastion.errors import ModelLoadError
 
 _PIECE_BUF = 256
@@ -27,11 +28,26 @@ def _silent(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 _SILENT_LOG: Any = ll.llama_log_callback(_silent)  # kept referenced: C holds the pointer
 
 
+@functools.cache
+def llama_system_info() -> str:
+    """What llama.cpp was built with and detects, e.g. ``AVX2 = 1 | AMX_INT8 = 1 | ...``."""
+    raw = ll.llama_print_system_info()
+    return raw.decode("utf-8", errors="replace") if raw else ""
+
+
+def repack_decision(setting: RepackSetting = "auto") -> RepackDecision:
+    """Bastion's repack decision on this machine; everything that loads a model obeys it."""
+    return decide_repack(setting, read_cpu_flags(), llama_system_info())
+
+
 class LlamaModel:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, repack: bool) -> None:
+        """Map the weights; ``repack`` lets llama.cpp use its extra (repacking) buffer types,
+        which must be off where they crash (``bastion.engine.cpu.decide_repack``)."""
         _backend_init()
         params = ll.llama_model_default_params()
         params.use_mmap = True
+        params.use_extra_bufts = repack
         ptr = ll.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {path.name}")
