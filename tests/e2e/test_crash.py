@@ -94,36 +94,30 @@ def test_the_server_stops_when_its_watchdog_is_killed(shared_home: Path) -> None
         server.stop()
 
 
-def test_repack_off_serves_and_says_why(shared_home: Path) -> None:
-    server = start_server(shared_home, env={"BASTION_ENGINE__REPACK": "off"})
-    try:
-        server.wait_for_log(rf"loading {MODEL} with llama.cpp, repack off: engine.repack is off")
-        server.wait_for_log(rf"{MODEL} passed its self-test")
-        assert "4" in ask_two_plus_two(server)
-    finally:
-        assert server.stop() == 0
-
-
 def test_a_catalog_entry_overrides_repack_for_its_model(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     (home / "catalog.yaml").write_text(f"models:\n  {MODEL}:\n    repack: 'off'\n")
     server = start_server(home, env={"BASTION_ENGINE__REPACK": "on"})
     try:
-        server.wait_for_log(rf"loading {MODEL} with llama.cpp, repack off: engine.repack is off")
+        server.wait_for_log(rf"loading {MODEL} with llama.cpp, repack off: set to off")
         assert "4" in ask_two_plus_two(server)
     finally:
         assert server.stop() == 0
 
 
-@pytest.mark.skipif(
+NO_AMX = pytest.mark.skipif(
     not repack_decision("auto").enabled,
     reason="this CPU has AMX: repacking on crashes llama.cpp here (llama.cpp issue 20824)",
 )
-def test_repack_on_serves_where_the_cpu_has_no_amx(shared_home: Path) -> None:
-    server = start_server(shared_home, env={"BASTION_ENGINE__REPACK": "on"})
+
+
+@pytest.mark.parametrize("setting", ["off", pytest.param("on", marks=NO_AMX)])
+def test_a_forced_repack_setting_serves_and_says_so(shared_home: Path, setting: str) -> None:
+    server = start_server(shared_home, env={"BASTION_ENGINE__REPACK": setting})
     try:
-        server.wait_for_log(rf"loading {MODEL} with llama.cpp, repack on: engine.repack is on")
+        server.wait_for_log(rf"loading {MODEL} with llama.cpp, repack {setting}: set to {setting}")
+        server.wait_for_log(rf"{MODEL} passed its self-test")
         assert "4" in ask_two_plus_two(server)
     finally:
         assert server.stop() == 0

@@ -80,7 +80,7 @@ def test_off_is_always_off(flags: frozenset[str]) -> None:
     decision = decide_repack("off", flags, INFO_AMX if flags is AMX else INFO_AVX2)
     assert not decision.enabled
     assert not decision.risky
-    assert decision.reason == "engine.repack is off"
+    assert decision.reason.startswith("set to off (engine.repack")
 
 
 def test_on_is_obeyed_but_flagged_as_risky_on_amx() -> None:

@@ -5,13 +5,14 @@ A native crash inside an engine (a segmentation fault in llama.cpp, an illegal i
 kills the process that hosts it without a Python exception, so nothing in that process can log
 it. In the child, ``faulthandler`` writes every thread's Python traceback to the log as it dies;
 the parent, which survives, then writes the last line: the signal, and which models were
-loading or being served, on which engine, and exits non-zero.
+loading or being served, on which engine, and exits with 128 + the signal number.
 
-Parent and child share one socket pair. The parent sends the settings overrides first; the
-child reports each model's state change as one JSON line. When the parent is gone (killed, its
-terminal closed), the child reads EOF and shuts down gracefully, so no orphan keeps the port.
-Engines still run inside the server process; moving them out, so that the API survives them,
-is the router's work.
+The parent imports nothing but the standard library, so it costs the server's start almost
+nothing: the child is the whole ``bastion serve`` command (settings, checks, errors, exit
+codes), started with ``--watchdog-fd``. The two share one socket pair: the child reports each
+model's state change as one JSON line, and reads EOF when the parent is gone (killed, its
+terminal closed), then shuts down gracefully, so no orphan keeps the port. Engines still run
+inside the server process; moving them out, so the API survives them, is the router's work.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 log = logging.getLogger("bastion.watchdog")
 
@@ -51,16 +51,6 @@ class StateReport:
             self._channel.sendall(line.encode())
 
 
-def _read_line(channel: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = channel.recv(65536)
-        if not chunk:
-            raise ConnectionError("the watchdog closed the channel before the settings")
-        data += chunk
-    return data
-
-
 def _stop_when_orphaned(channel: socket.socket) -> None:
     """EOF means the parent died: stop as on SIGTERM (running requests drain first)."""
     with contextlib.suppress(OSError):
@@ -69,25 +59,16 @@ def _stop_when_orphaned(channel: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(fd: int) -> None:
-    """The server process: ``python -m bastion.api.watchdog FD``."""
-    # First, before anything native loads: a fatal signal dumps every thread's stack to the log.
+def attach(fd: int | None) -> StateReport | None:
+    """In the server process, before anything native loads: dump every thread's stack on a
+    fatal signal; with the watchdog's ``fd``, also stop when it goes and report model states
+    to it."""
     faulthandler.enable(file=sys.stderr, all_threads=True)
+    if fd is None:
+        return None
     channel = socket.socket(fileno=fd)
-    overrides: dict[str, dict[str, Any]] = json.loads(_read_line(channel))
-    from bastion.api.server import serve  # noqa: PLC0415 - the parent never loads the engine
-    from bastion.errors import BastionError  # noqa: PLC0415
-    from bastion.log import configure_logging  # noqa: PLC0415
-    from bastion.settings import ensure_dir, home_dir, load_settings  # noqa: PLC0415
-
-    try:
-        settings = load_settings(overrides)
-        configure_logging(settings.server.log_level)
-        threading.Thread(target=_stop_when_orphaned, args=(channel,), daemon=True).start()
-        serve(settings, ensure_dir(home_dir()), report=StateReport(channel))
-    except BastionError as exc:
-        print(f"bastion: {exc.message}", file=sys.stderr)  # noqa: T201 - as the CLI does
-        sys.exit(2)
+    threading.Thread(target=_stop_when_orphaned, args=(channel,), daemon=True).start()
+    return StateReport(channel)
 
 
 # ---- parent side ---------------------------------------------------------------------------
@@ -148,19 +129,21 @@ def describe_death(returncode: int, states: dict[str, tuple[str, str]]) -> str:
     return f"the bastion server process died of {name} (signal {signum}) {where}{hint}"
 
 
-def run_watched(overrides: dict[str, dict[str, Any]]) -> int:
-    """Run the server in a child process until it exits; return the exit code to use."""
-    parent_end, child_end = socket.socketpair()
-    process = subprocess.Popen(  # noqa: S603 - this interpreter and this module, fixed argv
-        [sys.executable, "-m", "bastion.api.watchdog", str(child_end.fileno())],
-        pass_fds=(child_end.fileno(),),
+def watch(args: list[str]) -> int:
+    """Run ``bastion ARGS`` (a ``serve`` command) in a child process until it exits, passing
+    stop signals on; return the exit code to use."""
+    channel, child_end = socket.socketpair()
+    fd = child_end.fileno()
+    process = subprocess.Popen(  # noqa: S603 - this interpreter and the CLI's own arguments
+        [sys.executable, "-m", "bastion.cli.main", *args, "--watchdog-fd", str(fd)],
+        pass_fds=(fd,),
         # Its own process group: a terminal's Ctrl-C reaches the parent only, which passes it
-        # on once (a second one still forces the drain to stop, as uvicorn does).
+        # on once (a second one still cuts the drain short, as uvicorn does).
         process_group=0,
     )
     child_end.close()
     states = ModelStates()
-    reader = threading.Thread(target=states.read_from, args=(parent_end,), daemon=True)
+    reader = threading.Thread(target=states.read_from, args=(channel,), daemon=True)
     reader.start()
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -169,8 +152,6 @@ def run_watched(overrides: dict[str, dict[str, Any]]) -> int:
 
     previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
     try:
-        with contextlib.suppress(OSError):
-            parent_end.sendall(json.dumps(overrides).encode() + b"\n")
         returncode = process.wait()
     finally:
         for signum, handler in previous.items():
@@ -179,12 +160,11 @@ def run_watched(overrides: dict[str, dict[str, Any]]) -> int:
             process.kill()
             process.wait()
     reader.join(timeout=5)
-    parent_end.close()
+    channel.close()
     if returncode >= 0:
         return returncode
+    from bastion.log import configure_logging  # noqa: PLC0415 - only when there is news
+
+    configure_logging("info")
     log.critical("%s", describe_death(returncode, states.snapshot()))
     return 128 - returncode
-
-
-if __name__ == "__main__":
-    worker_main(int(sys.argv[1]))

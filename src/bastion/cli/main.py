@@ -35,7 +35,11 @@ def version() -> None:
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="bastion")  # also when the watchdog runs it as `python -m`
     except BastionError as exc:
         typer.echo(f"bastion: {exc.message}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # how the watchdog starts the real `bastion serve`
+    main()

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bastion.api.watchdog import run_watched
+from bastion.api.watchdog import attach
 from bastion.catalog import load_catalog
 from bastion.log import configure_logging
 from bastion.settings import ensure_dir, home_dir, load_settings
@@ -29,8 +29,13 @@ def serve_command(
         int | None,
         typer.Option(help="Also serve HTTPS on this port (certificate from `bastion certs`)."),
     ] = None,
+    watchdog_fd: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Set by the `bastion` launcher: its report socket."),
+    ] = None,
 ) -> None:
     """Serve the model on http://HOST:PORT/v1 until SIGTERM (running requests drain first)."""
+    report = attach(watchdog_fd)
     server: dict[str, Any] = {}
     engine: dict[str, Any] = {}
     if host:
@@ -50,6 +55,7 @@ def serve_command(
     apply_offline(settings.store)
     # Unknown or invalid models fail here, before anything binds.
     load_catalog(home, settings.store.allowed_roots).get(settings.server.default_model)
-    # The server runs in a child process, so that its death (a native crash in llama.cpp) is
-    # logged with the model it was serving and turns into a non-zero exit code.
-    raise typer.Exit(run_watched(overrides))
+    from bastion.api.server import serve  # noqa: PLC0415 - loads the engine: only to serve
+
+    serve(settings, home, report=report)
+    raise typer.Exit(0)

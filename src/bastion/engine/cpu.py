@@ -25,6 +25,7 @@ AMX_FLAG = "amx_int8"
 _LLAMA_AMX = re.compile(r"\bAMX_INT8\s*=\s*1\b")
 _CPUINFO = Path("/proc/cpuinfo")
 UPSTREAM_BUG = "llama.cpp issue 20824"
+_WHERE_SET = "engine.repack, or the model's catalog entry"
 
 
 @dataclass(frozen=True)
@@ -63,21 +64,21 @@ def decide_repack(
     """
     amx = amx_evidence(cpu_flags, system_info)
     if setting == "off":
-        return RepackDecision(False, "engine.repack is off")
+        return RepackDecision(False, f"set to off ({_WHERE_SET})")
     if setting == "on":
         if amx:
             return RepackDecision(
                 True,
-                f"engine.repack is on although {' and '.join(amx)}: llama.cpp's AMX repacking "
-                f"crashes at the first matrix multiply on such CPUs ({UPSTREAM_BUG})",
+                f"set to on ({_WHERE_SET}) although {' and '.join(amx)}: llama.cpp's AMX "
+                f"repacking crashes at the first matrix multiply on such CPUs ({UPSTREAM_BUG})",
                 risky=True,
             )
-        return RepackDecision(True, "engine.repack is on")
+        return RepackDecision(True, f"set to on ({_WHERE_SET})")
     if amx:
         return RepackDecision(
             False,
             f"auto: {' and '.join(amx)}, and llama.cpp's AMX repacking crashes at the first "
-            f"matrix multiply ({UPSTREAM_BUG}); set engine.repack: on to override",
+            f"matrix multiply ({UPSTREAM_BUG}); engine.repack: on overrides this",
         )
     return RepackDecision(
         True, "auto: no AMX on this CPU, so the repacked kernels (Q4_0, Q4_K) are safe"
