@@ -47,6 +47,12 @@ class InvalidParameterError(InvalidRequestError):
     code = "invalid_parameter"
 
 
+class InvalidNameError(InvalidParameterError):
+    """An operator-supplied name that would become a file or directory name is unsafe."""
+
+    code = "invalid_name"
+
+
 class MalformedJSONError(InvalidRequestError):
     code = "invalid_json"
 
@@ -73,6 +79,14 @@ class ModelConflictError(BastionError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class InsufficientScopeError(BastionError):
+    """The caller is authenticated but its credential lacks the scope the route needs."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_scope"
 
 
 class RouteNotFoundError(BastionError):
@@ -105,6 +119,20 @@ class HeadersTooLargeError(BastionError):
     status = 431
     type = "invalid_request_error"
     code = "request_header_fields_too_large"
+
+
+class MalformedHttpError(InvalidRequestError):
+    """The HTTP parser refused the request: its line, a header or the chunked framing."""
+
+    code = "malformed_http_request"
+
+
+class TooManyConnectionsError(BastionError):
+    """A listener, or one client address on it, already holds its cap of open connections."""
+
+    status = 503
+    type = "server_error"
+    code = "too_many_connections"
 
 
 class TooManyRequestsError(BastionError):

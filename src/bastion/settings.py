@@ -80,6 +80,27 @@ class ServerSettings(_Section):
         le=3600,
         description="Seconds a client has to send a complete request body; then 408.",
     )
+    tls_handshake_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a client on the HTTPS port has to complete the TLS handshake "
+        "from the moment it connects; then the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per listener (HTTP, HTTPS), handshakes included; more "
+        "are closed at once (plain HTTP gets 503). Lowered at start to fit the open-file limit.",
+    )
+    max_connections_per_client: int = Field(
+        default=64,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per client address on each listener; more are closed "
+        "at once. Behind a reverse proxy every connection comes from the proxy's address.",
+    )
     drain_timeout: float = Field(
         default=30.0,
         ge=0,
@@ -198,9 +219,11 @@ class StoreSettings(_Section):
     )
     url_allowlist: list[str] = Field(
         default_factory=list,
-        description="Hosts or IP addresses that URL pulls may reach even though they are "
-        "loopback, link-local or private (an internal mirror). Everything else private is "
-        "refused, also through redirects.",
+        description="host, host:port or [ipv6]:port that URL pulls may reach even though it "
+        "resolves to an address that is not globally reachable (an internal mirror). Matched "
+        "against the URL as written (no port means the scheme's default), never against the "
+        "address a name resolves to. Everything else non-global is refused, also through "
+        "redirects.",
     )
     max_download_bytes: int = Field(
         default=256 * 1024**3, ge=1, description="Largest file a URL pull accepts."
@@ -236,7 +259,13 @@ class TlsSettings(_Section):
 class AuthSettings(_Section):
     loopback_bypass: bool = Field(
         default=True,
-        description="Callers on 127.0.0.0/8 or ::1 need no API key.",
+        description="Callers on 127.0.0.0/8 or ::1 need no API key and have every scope "
+        "(inference and admin). Off: loopback callers need a key like anyone else.",
+    )
+    admin_certs: list[str] = Field(
+        default_factory=list,
+        description="Client-certificate CNs (mutual TLS) that get the admin scope besides "
+        "inference: /api/*, /metrics. Every other verified certificate is inference only.",
     )
 
 
@@ -251,6 +280,37 @@ class AuditSettings(_Section):
         description="Also record each completion request's prompt and the generated text. "
         "Off by default: the log then holds who, when and how much, never what.",
     )
+    unauthenticated_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=4096,
+        description="Size at which audit/unauthenticated.jsonl rotates: requests that never "
+        "authenticated (refusals, /health probes) are kept apart, so a flood of them cannot "
+        "rotate the records of real callers out.",
+    )
+    checkpoint_interval: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="Seconds between signed checkpoints of the audit chain (also written at "
+        "rotation and at shutdown; skipped while the log is idle).",
+    )
+    checkpoint_syslog: str | None = Field(
+        default=None,
+        description="Also send each checkpoint to syslog: a Unix socket path (/dev/log), "
+        "host or host:port (UDP, port 514). Keeps a copy an attacker on this box cannot edit.",
+    )
+    checkpoint_url: str | None = Field(
+        default=None,
+        description="Also POST each checkpoint (one JSON object) to this http(s) URL, "
+        "best-effort and off the request path.",
+    )
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _http_only(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class _YamlSource(InitSettingsSource):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -89,6 +90,14 @@ def crash_app(home: Path) -> Iterator[str]:
     yield from serve_app(home, RuntimeError(SECRET_DETAIL))
 
 
+FORGED = "boom\nCRITICAL forged line \x1b[31mred\x00"
+
+
+@pytest.fixture
+def forging_app(home: Path) -> Iterator[str]:
+    yield from serve_app(home, RuntimeError(FORGED))
+
+
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -131,3 +140,16 @@ def test_unexpected_exception_text_never_reaches_the_client(crash_app: str) -> N
     assert plain.status_code == 500
     assert SECRET_DETAIL not in plain.text
     assert set(plain.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_an_unexpected_error_mid_stream_is_logged_escaped(
+    forging_app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        assert "event: error" in sse_lines(forging_app)
+    text = caplog.text
+    assert "stream failed after it began" in text
+    assert "RuntimeError: boom\\nCRITICAL forged line \\x1b[31mred\\x00" in text
+    assert "\nCRITICAL forged" not in text
+    assert "\x1b" not in text
+    assert "\x00" not in text

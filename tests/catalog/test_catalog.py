@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.catalog import load_catalog
-from bastion.errors import InvalidParameterError, ModelNotFoundError
+from bastion.catalog import BUILTIN_MODELS, SMOLLM2, load_catalog
+from bastion.errors import InvalidParameterError, ModelConflictError, ModelNotFoundError
 
 
 def write(home: Path, text: str) -> None:
@@ -81,3 +81,87 @@ def test_add_validates_before_writing_and_writes_atomically(tmp_path: Path) -> N
 def test_unknown_model_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="smollm2-135m-instruct"):
         load_catalog(tmp_path).get("nope")
+
+
+def _url(name: str, digest: str, url: str = "https://m.example/a.gguf") -> dict[str, object]:
+    return {"name": name, "url": {"url": url, "sha256": digest}}
+
+
+def _stored(home: Path, name: str) -> Path:
+    """Files, manifest and signature a pull would leave, as plain markers."""
+    directory = home / "models" / name
+    directory.mkdir(parents=True)
+    for file in ("a.gguf", "CHECKSUMS.sha256", "CHECKSUMS.sha256.minisig"):
+        (directory / file).write_text(file)
+    (home / "models" / f".pull-{name}").mkdir()
+    return directory
+
+
+def test_an_existing_entry_is_replaced_only_when_asked(tmp_path: Path) -> None:
+    catalog = load_catalog(tmp_path)
+    catalog.add(_url("m", "ab" * 32))
+    with pytest.raises(ModelConflictError, match="already exists"):
+        catalog.add({**_url("m", "ab" * 32), "ctx": 4096})
+    assert catalog.get("m").ctx is None
+    assert catalog.add({**_url("m", "ab" * 32), "ctx": 4096}, replace=True).ctx == 4096
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"url": {"url": "https://m.example/a.gguf", "sha256": "cd" * 32}},  # other digest
+        {"url": {"url": "https://evil.example/a.gguf", "sha256": "ab" * 32}},  # other URL
+        {"url": {"url": "https://m.example/a.gguf", "sha256": "ab" * 32, "file": "b.gguf"}},
+        {"url": None, "package": {"distribution": "other-dist", "file": "a.gguf"}},
+    ],
+)
+def test_a_changed_source_discards_the_stored_identity(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    catalog = load_catalog(tmp_path)
+    catalog.add(_url("m", "ab" * 32))
+    directory = _stored(tmp_path, "m")
+    catalog.add({k: v for k, v in {**_url("m", "ab" * 32), **change}.items() if v}, replace=True)
+    assert not directory.exists()
+    assert not (tmp_path / "models" / ".pull-m").exists()
+
+
+def test_the_same_source_keeps_the_stored_files(tmp_path: Path) -> None:
+    catalog = load_catalog(tmp_path)
+    catalog.add(_url("m", "ab" * 32))
+    directory = _stored(tmp_path, "m")
+    catalog.add({**_url("m", "ab" * 32), "ctx": 4096, "description": "x"}, replace=True)
+    assert (directory / "CHECKSUMS.sha256.minisig").is_file()
+
+
+def test_a_builtin_is_repointed_only_when_asked_and_then_loses_its_files(tmp_path: Path) -> None:
+    catalog = load_catalog(tmp_path)
+    builtin = BUILTIN_MODELS[SMOLLM2]
+    assert builtin.package is not None
+    directory = _stored(tmp_path, SMOLLM2)
+    unpinned = {"name": SMOLLM2, "package": {"distribution": "other", "file": "a.gguf"}}
+    for attempt in (unpinned, _url(SMOLLM2, "ab" * 32)):
+        with pytest.raises(ModelConflictError, match="built in"):
+            catalog.add(attempt)
+    assert catalog.get(SMOLLM2) == builtin
+    assert directory.is_dir()
+    # Same source, other settings: an ordinary override, files kept.
+    catalog.add({**builtin.model_dump(exclude_defaults=True), "ctx": 1024})
+    assert directory.is_dir()
+    catalog.add(unpinned, replace=True)
+    assert not directory.exists()
+
+
+def test_the_catalog_refuses_a_local_path_inside_its_home(tmp_path: Path) -> None:
+    """store.allowed_roots may cover BASTION_HOME; the catalog still keeps local models out."""
+    home = tmp_path / "home"
+    (home / "models" / "pulled").mkdir(parents=True)
+    (home / "models" / "pulled" / "w.gguf").write_bytes(b"GGUF")
+    catalog = load_catalog(home, [tmp_path])
+    with pytest.raises(InvalidParameterError, match="inside BASTION_HOME"):
+        catalog.add({"name": "mine", "local_path": str(home / "models" / "pulled")})
+    assert not (home / "catalog.yaml").exists()
+    write(home, f"models:\n  mine:\n    local_path: {home / 'models' / 'pulled'}\n")
+    reloaded = load_catalog(home, [tmp_path])
+    assert "mine" not in reloaded.entries
+    assert any("inside BASTION_HOME" in w for w in reloaded.warnings)

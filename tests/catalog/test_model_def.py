@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from bastion.catalog import BUILTIN_MODELS, ModelDef
+from bastion.catalog.model_def import check_local_file
 
 PKG = {"distribution": "some-dist", "file": "model.gguf"}
 URL = {"url": "https://example.org/m.gguf", "sha256": "ab" * 32}
@@ -32,9 +34,21 @@ def test_builtins_are_valid_and_come_from_packages() -> None:
         assert model.package.sha256 is not None
 
 
-@pytest.mark.parametrize("name", ["UPPER", "has space", "x" * 65, "", "slash/name", "ünï"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("UPPER", "has space", "x" * 65, "", "slash/name", "ünï"),
+        # each of these became a path under models/ (`..` is BASTION_HOME itself)
+        *("..", ".", "../x", "/abs", ".pull-m", "-m", "m.", "nul", "m\u043e"),
+    ],
+)
 def test_bad_names_are_refused(name: str) -> None:
-    assert "name" in refusal({"name": name, "package": PKG})
+    assert "invalid model name" in refusal({"name": name, "package": PKG})
+
+
+def test_names_follow_the_one_path_name_rule() -> None:
+    for name in ("m", "smollm2-135m-instruct", "qwen2.5-0.5b", "a_b", "x" * 64):
+        assert make({"name": name, "package": PKG}).name == name
 
 
 def test_exactly_one_source() -> None:
@@ -125,3 +139,130 @@ def test_chat_template_must_live_inside_local_path(tmp_path: Path) -> None:
     assert "must live inside local_path" in refusal(
         {"name": "m", "local_path": str(root / "mine"), "chat_template": "/etc/passwd"}, [root]
     )
+
+
+# Local files that are symlinks: one rule (check_local_file) at add, pull and every load.
+
+
+def local_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """An allowed root holding mine/w.gguf, and a directory outside it holding w.gguf."""
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "w.gguf").write_bytes(b"GGUF mine")
+    outside.mkdir()
+    (outside / "w.gguf").write_bytes(b"GGUF elsewhere")
+    (outside / "t.jinja").write_text("{{ messages }}")
+    return root, outside
+
+
+@pytest.mark.parametrize("file", ["w.gguf", None])
+def test_a_weights_symlink_out_of_the_roots_is_refused(tmp_path: Path, file: str | None) -> None:
+    root, outside = local_tree(tmp_path)
+    (root / "mine" / "w.gguf").unlink()
+    (root / "mine" / "w.gguf").symlink_to(outside / "w.gguf")
+    entry = {"name": "m", "local_path": str(root / "mine"), **({"file": file} if file else {})}
+    assert "is a symlink" in refusal(entry, [root])
+
+
+def test_a_weights_symlink_inside_the_roots_is_refused_too(tmp_path: Path) -> None:
+    """Serving refuses any symlinked file (the manifest vouches for regular files), so add
+    refuses it as well rather than fail later."""
+    root, _ = local_tree(tmp_path)
+    (root / "elsewhere").mkdir()
+    (root / "mine" / "w.gguf").rename(root / "elsewhere" / "w.gguf")
+    (root / "mine" / "w.gguf").symlink_to(root / "elsewhere" / "w.gguf")
+    assert "is a symlink" in refusal({"name": "m", "local_path": str(root / "mine")}, [root])
+
+
+def test_a_dangling_weights_symlink_is_refused(tmp_path: Path) -> None:
+    root, _ = local_tree(tmp_path)
+    (root / "mine" / "w.gguf").unlink()
+    (root / "mine" / "w.gguf").symlink_to(tmp_path / "gone.gguf")
+    assert "is a symlink" in refusal(
+        {"name": "m", "local_path": str(root / "mine"), "file": "w.gguf"}, [root]
+    )
+
+
+def test_weights_that_are_not_a_regular_file_are_refused(tmp_path: Path) -> None:
+    root, _ = local_tree(tmp_path)
+    (root / "mine" / "w.gguf").unlink()
+    os.mkfifo(root / "mine" / "w.gguf")
+    assert "not a regular file" in refusal(
+        {"name": "m", "local_path": str(root / "mine"), "file": "w.gguf"}, [root]
+    )
+
+
+def test_a_symlinked_directory_component_out_of_the_roots_is_refused(tmp_path: Path) -> None:
+    root, outside = local_tree(tmp_path)
+    (outside / "mine").mkdir()
+    (outside / "mine" / "w.gguf").write_bytes(b"GGUF")
+    (root / "link").symlink_to(outside)
+    assert "outside the allowed roots" in refusal(
+        {"name": "m", "local_path": str(root / "link" / "mine")}, [root]
+    )
+
+
+def test_a_chat_template_symlink_out_of_the_roots_is_refused(tmp_path: Path) -> None:
+    root, outside = local_tree(tmp_path)
+    (root / "mine" / "t.jinja").symlink_to(outside / "t.jinja")
+    entry = {"name": "m", "local_path": str(root / "mine"), "chat_template": "t.jinja"}
+    assert "must live inside local_path" in refusal(entry, [root])
+    (root / "mine" / "t.jinja").unlink()
+    (root / "mine" / "real.jinja").write_text("{{ messages }}")
+    (root / "mine" / "t.jinja").symlink_to(root / "mine" / "real.jinja")
+    assert "is a symlink" in refusal(entry, [root])
+
+
+def test_symlinked_directories_that_stay_inside_the_roots_are_allowed(tmp_path: Path) -> None:
+    root, _ = local_tree(tmp_path)
+    (root / "alias").symlink_to(root / "mine")
+    assert make({"name": "m", "local_path": str(root / "alias")}, [root]).local_path is not None
+    linked_root = tmp_path / "root-link"
+    linked_root.symlink_to(root)
+    entry = {"name": "m", "local_path": str(linked_root / "mine"), "file": "w.gguf"}
+    assert make(entry, [linked_root]).file == "w.gguf"
+
+
+def test_check_local_file_rechecks_the_roots_when_given_them(tmp_path: Path) -> None:
+    root, _ = local_tree(tmp_path)
+    assert check_local_file(root / "mine", "w.gguf", [root]) == (root / "mine" / "w.gguf").resolve()
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        check_local_file(root / "mine", "w.gguf", [tmp_path / "elsewhere"])
+
+
+# BASTION_HOME is the store's: it deletes and replaces models/<name>, so a local model (never
+# bastion's to delete) must not live anywhere inside it, even when a root covers it.
+
+
+@pytest.mark.parametrize("where", ["models/other", "models/m", "models", "tls", "."])
+def test_local_path_inside_bastion_home_is_refused(tmp_path: Path, where: str) -> None:
+    home = tmp_path / "home"
+    directory = (home / where).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "w.gguf").write_bytes(b"GGUF")
+    data = {"name": "m", "local_path": str(directory)}
+    with pytest.raises(ValidationError, match="inside BASTION_HOME"):
+        ModelDef.model_validate(data, context={"allowed_roots": [str(tmp_path)], "home": str(home)})
+
+
+def test_an_alias_resolving_into_bastion_home_is_refused(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "roots"
+    (home / "models" / "other").mkdir(parents=True)
+    (home / "models" / "other" / "w.gguf").write_bytes(b"GGUF")
+    root.mkdir()
+    (root / "alias").symlink_to(home / "models" / "other")
+    data = {"name": "m", "local_path": str(root / "alias")}
+    with pytest.raises(ValidationError, match="inside BASTION_HOME"):
+        ModelDef.model_validate(data, context={"allowed_roots": [str(tmp_path)], "home": str(home)})
+
+
+def test_check_local_file_refuses_bastion_home_when_given_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "models" / "x").mkdir(parents=True)
+    (home / "models" / "x" / "w.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="inside BASTION_HOME"):
+        check_local_file(home / "models" / "x", "w.gguf", [tmp_path], home)
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    (beside / "w.gguf").write_bytes(b"GGUF")
+    assert check_local_file(beside, "w.gguf", [tmp_path], home) == (beside / "w.gguf").resolve()

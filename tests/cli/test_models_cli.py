@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -106,3 +107,104 @@ def test_backends_and_suggest(home: Path) -> None:
     assert "llama-cpp-python" in run(home, "backends").stdout
     assert "smollm2-135m-instruct" in run(home, "suggest", "--use-case", "chat").stdout
     assert run(home, "suggest", "--use-case", "embedding").returncode == 1
+
+
+# Local weights and symlinks: the same rule refuses them at add and at pull (and serving).
+
+
+def symlink_layout(tmp_path: Path, kind: str) -> Path:
+    """Lay out ``kind`` under ``tmp_path/models`` (the allowed root); its local_path."""
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "w.gguf").write_bytes(b"GGUF outside")
+    if kind == "weights symlink":  # the weights file points elsewhere inside the roots
+        (root / "store").mkdir()
+        (root / "store" / "w.gguf").write_bytes(b"GGUF")
+        (root / "real" / "w.gguf").symlink_to(root / "store" / "w.gguf")
+        return root / "real"
+    if kind == "weights symlink out of the roots":  # inside an allowed directory
+        (root / "real" / "w.gguf").symlink_to(outside / "w.gguf")
+        return root / "real"
+    if kind == "directory component out of the roots":
+        (outside / "mine").mkdir()
+        (outside / "mine" / "w.gguf").write_bytes(b"GGUF")
+        (root / "link").symlink_to(outside)
+        return root / "link" / "mine"
+    assert kind == "directory symlink inside the roots"
+    (root / "real" / "w.gguf").write_bytes(b"GGUF")
+    (root / "alias").symlink_to(root / "real")
+    return root / "alias"
+
+
+REFUSED = {
+    "weights symlink": "is a symlink",
+    "weights symlink out of the roots": "is a symlink",
+    "directory component out of the roots": "outside the allowed roots",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_add_refuses_local_weights_through_symlinks(home: Path, tmp_path: Path, kind: str) -> None:
+    local = symlink_layout(tmp_path, kind)
+    env = {"BASTION_STORE__ALLOWED_ROOTS": f'["{tmp_path / "models"}"]'}
+    result = run(home, "add", "mine", "--local-path", str(local), "--file", "w.gguf", env=env)
+    assert result.returncode == 2
+    assert REFUSED[kind] in result.stderr
+    assert not (home / "catalog.yaml").exists()
+
+
+def twist(tmp_path: Path, kind: str) -> Path:
+    """A plain local model (root/real/w.gguf, root/link/mine/w.gguf) and, once it has been
+    added, ``twist_it`` re-points it into ``kind``; returns the local_path."""
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    for directory in (root / "real", root / "link" / "mine", outside / "mine"):
+        directory.mkdir(parents=True)
+        (directory / "w.gguf").write_bytes(b"GGUF")
+    return (
+        root / "link" / "mine" if kind == "directory component out of the roots" else root / "real"
+    )
+
+
+def twist_it(tmp_path: Path, kind: str) -> None:
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    if kind == "directory component out of the roots":
+        shutil.rmtree(root / "link")
+        (root / "link").symlink_to(outside)
+        return
+    target = outside / "mine" / "w.gguf"
+    if kind == "weights symlink":
+        (root / "store").mkdir()
+        target = root / "store" / "w.gguf"
+        target.write_bytes(b"GGUF")
+    (root / "real" / "w.gguf").unlink()
+    (root / "real" / "w.gguf").symlink_to(target)
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_pull_refuses_local_weights_that_became_symlinks_after_add(
+    home: Path, tmp_path: Path, kind: str
+) -> None:
+    """Added while plain, then re-pointed: pull neither hashes nor signs it."""
+    local = twist(tmp_path, kind)
+    env = {"BASTION_STORE__ALLOWED_ROOTS": f'["{tmp_path / "models"}"]'}
+    added = run(home, "add", "mine", "--local-path", str(local), "--file", "w.gguf", env=env)
+    assert added.returncode == 0, added.stderr
+    twist_it(tmp_path, kind)
+    result = run(home, "pull", "mine", env=env)
+    assert result.returncode != 0
+    assert REFUSED[kind] in result.stderr
+    assert not (home / "models" / "mine").exists()
+
+
+def test_a_directory_symlink_that_stays_inside_the_roots_is_added_and_pulled(
+    home: Path, tmp_path: Path
+) -> None:
+    local = symlink_layout(tmp_path, "directory symlink inside the roots")
+    env = {"BASTION_STORE__ALLOWED_ROOTS": f'["{tmp_path / "models"}"]'}
+    added = run(home, "add", "mine", "--local-path", str(local), "--file", "w.gguf", env=env)
+    assert added.returncode == 0, added.stderr
+    pulled = run(home, "pull", "mine", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (home / "models" / "mine" / "CHECKSUMS.sha256").is_file()
+    assert "local" in run(home, "list", env=env).stdout

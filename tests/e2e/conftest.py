@@ -76,14 +76,16 @@ def audit_record(home: Path, request_id: str, timeout: float = 20) -> dict[str, 
     """The audit line of ``request_id``; it is written just after the response is sent."""
     import json  # noqa: PLC0415
 
-    path = home / "audit" / "audit.jsonl"
+    # Requests that never authenticated are audited in their own file.
+    paths = [home / "audit" / name for name in ("audit.jsonl", "unauthenticated.jsonl")]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                if record.get("request_id") == request_id:
-                    return record  # type: ignore[no-any-return]
+        for path in paths:
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    record = json.loads(line)
+                    if record.get("request_id") == request_id:
+                        return record  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"no audit record for {request_id}")
 

@@ -270,7 +270,10 @@ def test_every_request_is_audited_with_who_and_what(
     )
     list(reply)
     httpx.get(f"{server.v1}/models", headers={"X-Request-Id": "audit-me-2"})
-    by_id = {rid: audit_record(shared_home, rid) for rid in ("audit-me-1", "audit-me-2")}
+    # a client's X-Request-Id is recorded with the "client-" prefix
+    by_id = {
+        rid: audit_record(shared_home, f"client-{rid}") for rid in ("audit-me-1", "audit-me-2")
+    }
     streamed = by_id["audit-me-1"]
     assert streamed["identity"] == "key:ci-client"
     assert streamed["model"] == MODEL
@@ -318,24 +321,34 @@ def test_content_is_audited_only_when_asked_for(shared_home: Path) -> None:
                 next(events)  # then the client goes away in the middle of the stream
     finally:
         server.stop()
-    chat_record = audit_record(shared_home, "content-chat")
+    chat_record = audit_record(shared_home, "client-content-chat")
     assert chat_record["prompt"] == [{"role": "user", "content": "Name a colour."}]
     assert chat_record["completion"] == chat.choices[0].message.content
-    text_record = audit_record(shared_home, "content-text")
+    text_record = audit_record(shared_home, "client-content-text")
     assert (text_record["prompt"], text_record["completion"]) == ("Once upon a time", streamed)
-    left = audit_record(shared_home, "content-left")  # what was generated until then
+    left = audit_record(shared_home, "client-content-left")  # what was generated until then
     assert 0 < int(left["completion_tokens"]) < 1000
     assert str(left["completion"]).startswith(" 4")
     assert bastion_command({"BASTION_HOME": str(shared_home)}, "audit", "verify").returncode == 0
 
 
-def test_metrics_are_prometheus_text_behind_auth(keyed: tuple[Server, str]) -> None:
+def test_metrics_are_prometheus_text_behind_an_admin_key(
+    keyed: tuple[Server, str], shared_home: Path
+) -> None:
     server, token = keyed
     assert httpx.get(f"{server.base_url}/metrics").status_code == 401
-    headers = {"Authorization": f"Bearer {token}"}
+    inference_only = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server.base_url}/metrics", headers=inference_only).status_code == 403
+    env = {"BASTION_HOME": str(shared_home)}
+    admin = bastion_command(env, "keys", "create", "ci-metrics", "--scope", "admin")
+    assert admin.returncode == 0, admin.stderr
+    headers = {"Authorization": f"Bearer {admin.stdout.strip()}"}
     client = openai.OpenAI(base_url=server.v1, api_key=token, max_retries=0, timeout=60)
     client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)
-    response = httpx.get(f"{server.base_url}/metrics", headers=headers)
+    try:
+        response = httpx.get(f"{server.base_url}/metrics", headers=headers)
+    finally:
+        bastion_command(env, "keys", "revoke", "ci-metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, audit_record
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
@@ -129,10 +131,32 @@ def test_server_is_healthy_after_bad_input(server: Server, client: OpenAI) -> No
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
+        ("/completions", b'{"prompt": "\\udfff"}'),
+        ("/chat/completions", b"[" * 10_000 + b"]" * 10_000),
+        ("/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 4301 + b"}"),
+    ],
+    ids=["surrogate-chat", "surrogate-prompt", "deep", "long-int"],
+)
+def test_input_that_used_to_crash_is_a_400_without_a_traceback(
+    server: Server, shared_home: Path, path: str, body: bytes
+) -> None:
+    response = post(server, path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert envelope(response)["type"] == "invalid_request_error"
+    request_id = response.headers["x-request-id"]
+    assert audit_record(shared_home, request_id)["status"] == 400
+    server.wait_for_log(rf"\[{request_id}\] POST /v1{path} 400")
+    assert "Traceback" not in server.log_text()
+
+
 def test_request_id_is_returned_and_logged(server: Server) -> None:
     response = httpx.get(f"{server.v1}/models", headers={"x-request-id": "trace-abc.123"})
-    assert response.headers["x-request-id"] == "trace-abc.123"
-    server.wait_for_log(r"\[trace-abc\.123\] GET /v1/models 200")
+    assert response.headers["x-request-id"] == "client-trace-abc.123"  # never a server id
+    server.wait_for_log(r"\[client-trace-abc\.123\] GET /v1/models 200")
     generated = httpx.get(f"{server.base_url}/health").headers["x-request-id"]
     assert generated.startswith("req_")
     forged = httpx.get(f"{server.base_url}/health", headers={"x-request-id": "bad id/" + "x" * 200})

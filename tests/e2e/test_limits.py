@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -231,6 +232,66 @@ def test_a_trickled_body_gets_408(strict: Server) -> None:
         sock.sendall(post(b"/v1/chat/completions", partial, b"X-Request-Id: slow-body", length=100))
         status, headers, body = read_response(sock)
     assert status == 408
-    assert headers["x-request-id"] == "slow-body"
+    assert headers["x-request-id"] == "client-slow-body"
     assert error_code(body) == "request_timeout"
     still_healthy(strict)
+
+
+def chunked(body: bytes) -> bytes:
+    """A chat request whose chunked body is ``body`` as sent, framing included."""
+    return b"\r\n".join(
+        [
+            b"POST /v1/chat/completions HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Content-Type: application/json",
+            b"Transfer-Encoding: chunked",
+            b"",
+            body,
+        ]
+    )
+
+
+MALFORMED = {
+    "text-after-version": head(path=b"/health HTTP/1.1 extra"),
+    "unknown-version": head(path=b"/health HTTP/9.9"),
+    "space-in-target": head(path=b"/he alth"),
+    "control-char-in-target": head(path=b"/he\x01alth"),
+    "invalid-method": b"G(T /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "control-char-in-header-name": head(b"X-Bad\x01Name: v"),
+    "nul-in-header-value": head(b"X-Bad: v\x00v"),
+    "space-in-header-name": head(b"Bad Name: v"),
+    "header-without-colon": head(b"NoColon"),
+    "non-numeric-content-length": head(b"Content-Length: abc"),
+    "two-content-lengths": head(b"Content-Length: 1", b"Content-Length: 2"),
+    "chunk-size-not-hex": chunked(b"zz\r\n{}\r\n0\r\n\r\n"),
+    "chunk-longer-than-its-size": chunked(b"2\r\n{}}}}}\r\n0\r\n\r\n"),
+    "chunk-without-crlf": chunked(b"2\r\n{}XX0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
+def test_what_the_http_parser_refuses_is_400_in_the_envelope(
+    strict: Server, request_bytes: bytes
+) -> None:
+    with connect(strict) as sock:
+        sock.sendall(request_bytes)
+        status, headers, body = read_response(sock)
+        assert status == 400
+        assert headers["connection"] == "close"
+        assert headers["content-type"] == "application/json"
+        assert error_code(body) == "malformed_http_request"
+        assert_closed(sock)
+    still_healthy(strict)
+
+
+def test_a_malformed_request_pipelined_behind_a_good_one_is_refused_after_its_answer(
+    strict: Server,
+) -> None:
+    with connect(strict) as sock:
+        sock.sendall(head() + head(b"X-Bad\x01Name: v"))
+        assert read_response(sock)[0] == 200
+        status, _, body = read_response(sock)
+        assert status == 400
+        assert error_code(body) == "malformed_http_request"
+        assert_closed(sock)
+    assert re.search(r"refused HTTP request.*malformed_http_request", strict.log_text())

@@ -109,7 +109,8 @@ def test_a_url_model_pulls_from_a_mirror_and_serves(
     env = {
         "BASTION_HOME": str(home),
         "BASTION_STORE__ALLOW_HTTP": "true",
-        "BASTION_STORE__URL_ALLOWLIST": '["127.0.0.1"]',
+        # host:port as the URL writes it: the allowlist is never matched by address alone
+        "BASTION_STORE__URL_ALLOWLIST": f'["127.0.0.1:{mirror.server_address[1]}"]',
     }
     digest = hashlib.sha256(smollm2_file.read_bytes()).hexdigest()
     url = f"http://127.0.0.1:{mirror.server_address[1]}/{smollm2_file.name}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bastion.security.tls import init_ca, issue
+from bastion.security.tls import init_ca, issue, revoke
 from tests.e2e.conftest import Server, audit_record, start_server
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ def test_a_valid_client_certificate_is_the_credential(mtls: tuple[Server, str, P
     ) as client:
         response = client.get(f"{https}/v1/models", headers={"X-Request-Id": "mtls-alice"})
     assert response.status_code == 200
-    assert audit_record(home, "mtls-alice")["identity"] == "cert:alice"
+    assert audit_record(home, "client-mtls-alice")["identity"] == "cert:alice"
     # the plain listener still wants a key from this (non-bypassed) caller
     assert httpx.get(f"{server.v1}/models").status_code == 401
 
@@ -94,6 +94,29 @@ def test_an_expired_certificate_fails(mtls: tuple[Server, str, Path]) -> None:
         httpx.Client(verify=context(home / "tls" / "ca.crt", old.cert, old.key)) as client,
     ):
         client.get(f"{https}/v1/models")
+
+
+def test_a_revoked_certificate_fails_while_a_valid_one_passes(
+    mtls: tuple[Server, str, Path],
+) -> None:
+    server, https, home = mtls
+    ca = home / "tls" / "ca.crt"
+    carol = issue(home, "carol")
+    with httpx.Client(verify=context(ca, carol.cert, carol.key)) as client:
+        assert client.get(f"{https}/v1/models").status_code == 200
+    revoke(home, "carol")  # the running server picks the list up: no restart
+    with (
+        pytest.raises(HANDSHAKE_FAILED),
+        httpx.Client(verify=context(ca, carol.cert, carol.key)) as client,
+    ):
+        client.get(f"{https}/v1/models")
+    alice = home / "tls" / "clients"
+    with httpx.Client(verify=context(ca, alice / "alice.crt", alice / "alice.key")) as client:
+        assert (
+            client.get(f"{https}/v1/models", headers={"X-Request-Id": "mtls-after"}).status_code
+            == 200
+        )
+    assert "revocation list" in server.log_text()
 
 
 def test_ca_key_is_private(mtls: tuple[Server, str, Path]) -> None:

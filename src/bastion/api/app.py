@@ -17,19 +17,34 @@ from bastion.api.middleware.auth import DISABLED_WARNING_EVERY, AuthMiddleware, 
 from bastion.api.middleware.body_limit import BodyLimitMiddleware
 from bastion.api.middleware.request_id import RequestIdMiddleware
 from bastion.api.middleware.trusted_host import TrustedHostMiddleware
+from bastion.api.middleware.unexpected import UnexpectedErrorMiddleware
 from bastion.api.routes import admin, openai, ops
 from bastion.catalog import load_catalog
 from bastion.engine import Engine
 from bastion.engine.llamacpp import LlamaCppEngine
+from bastion.integrity.trust import local_key
+from bastion.log import escape
 from bastion.metrics import Metrics
 from bastion.router import ModelRegistry
 from bastion.router.registry import EngineFactory, StateListener
 from bastion.security.api_keys import KeyStore
-from bastion.security.audit import AuditLog
+from bastion.security.audit import AuditTrail
+from bastion.security.checkpoint_ship import CheckpointShipper
 from bastion.settings import Settings
 from bastion.store.package import LocalModel
 
 log = logging.getLogger(__name__)
+
+
+async def _checkpoint_every(trail: AuditTrail, seconds: int) -> None:
+    """Sign the audit chain's head every ``seconds`` (skipped while the log is idle)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(trail.checkpoint, "periodic")
+        except Exception as exc:  # noqa: BLE001 - one failure must not end the anchoring
+            # Escaped: an error's text can quote a path or a value it did not like.
+            log.error("audit checkpoint failed: %s", escape(str(exc), spaces=True))  # noqa: TRY400
 
 
 async def _warn_while_open() -> None:
@@ -84,12 +99,22 @@ def create_app(
         app.state.catalog = catalog
         app.state.home = home
         nag = asyncio.create_task(_warn_while_open()) if auth_disabled() else None
+        shipper.start()
+        anchor = asyncio.create_task(_checkpoint_every(audit, settings.audit.checkpoint_interval))
         try:
             yield
         finally:
             if nag is not None:
                 nag.cancel()
-            await registry.close()
+            anchor.cancel()
+            try:
+                await registry.close()
+            finally:
+                try:
+                    # Requests have finished: this signs the log's final length.
+                    audit.checkpoint("shutdown")
+                finally:
+                    shipper.close()  # also when the checkpoint failed: ship what is queued
 
     app = FastAPI(title="bastion", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -97,8 +122,9 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
-    # Added last = outermost. Order of execution: request id, audit, trusted host, CORS
-    # (when origins are configured), authentication, body limit, then the routes.
+    # Added last = outermost. Order of execution: request id, audit, unexpected errors,
+    # trusted host, CORS (when origins are configured), authentication, body limit, then the
+    # routes.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.server.max_body_bytes,
@@ -109,6 +135,7 @@ def create_app(
         keys=KeyStore(home),
         loopback_bypass=settings.auth.loopback_bypass,
         disabled=auth_disabled(),
+        admin_certs=frozenset(settings.auth.admin_certs),
     )
     if settings.server.cors_origins:
         # Outside auth: a browser's preflight carries no credentials.
@@ -123,11 +150,24 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(TrustedHostMiddleware, trusted=settings.server.trusted_hosts)
+    # Inside audit and request id: an unhandled exception is a 500 with the id, audited as 500.
+    app.add_middleware(UnexpectedErrorMiddleware)
     # Outside auth and host checks, so refused requests are audited too (with their reason).
     app.state.metrics = metrics = Metrics()
+    # On app.state too: the listeners audit the connections they refuse (api/server.py).
+    shipper = CheckpointShipper(
+        syslog=settings.audit.checkpoint_syslog, url=settings.audit.checkpoint_url
+    )
+    app.state.audit = audit = AuditTrail(
+        home / "audit",
+        max_bytes=settings.audit.max_bytes,
+        unauthenticated_max_bytes=settings.audit.unauthenticated_max_bytes,
+        signer=local_key(home),
+        ship=shipper.submit,
+    )
     app.add_middleware(
         AuditMiddleware,
-        log=AuditLog(home / "audit", max_bytes=settings.audit.max_bytes),
+        log=audit,
         metrics=metrics,
     )
     app.add_middleware(RequestIdMiddleware)

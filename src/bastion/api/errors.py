@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from bastion.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
 )
+from bastion.log import escape
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,15 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
+def log_unhandled(exc: BaseException) -> None:
+    """Log an exception nothing handled: its message escaped (it may quote client input),
+    then its frames, which hold only code."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unhandled %s: %s\n%s", type(exc).__name__, escape(str(exc), spaces=True), frames)
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error", exc_info=exc)
+    log_unhandled(exc)
     return error_response(BastionError("The server had an internal error."))
 
 

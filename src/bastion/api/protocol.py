@@ -1,5 +1,6 @@
 """The HTTP protocol bastion's listeners speak: uvicorn's httptools protocol with limits on
-the request head, and on the HTTPS listener the client certificate's identity.
+the request head and on open connections, a TLS handshake with a deadline on the HTTPS
+listener, and there the client certificate's identity.
 
 uvicorn bounds neither the size of a request head nor the time a client may take to send it,
 so a client trickling one header byte every few seconds holds a connection open for as long
@@ -8,6 +9,13 @@ connection opening or of its first byte, or the client gets 408 and the connecti
 a head larger than ``max_header_bytes`` (request line plus headers) gets 431. Bytes are
 counted as they arrive, so a single endless header line is refused before httptools has
 buffered more than the limit, and parsed heads are measured again before any app code runs.
+Whatever the parser refuses (a malformed request line, header or chunked framing) gets 400 in
+the OpenAI envelope, like the other refusals, and the connection closes.
+
+uvicorn's TLS runs asyncio's handshake with its 60-second default and lets every connection
+in, so idle connections that never send a ClientHello could pile up until no file descriptor
+was left. The HTTPS listener therefore accepts connections here (``TlsListener``), counts each
+against the listener's caps at once, and runs the handshake under ``tls_handshake_timeout``.
 """
 
 from __future__ import annotations
@@ -15,24 +23,53 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from bastion.errors import BastionError, HeadersTooLargeError, RequestTimeoutError
+from bastion.api.connections import ConnectionGate, Refusal, RefusalReport
+from bastion.api.errors import log_unhandled
+from bastion.errors import (
+    BastionError,
+    HeadersTooLargeError,
+    MalformedHttpError,
+    RequestTimeoutError,
+    TooManyConnectionsError,
+)
 
 log = logging.getLogger(__name__)
 
-
 LINGER = 2.0
 """Seconds a refused connection is kept half-open so that the refusal reaches the client."""
+
+ACCEPT_RETRY = 1.0
+"""Seconds the HTTPS listener waits after a failed accept (as asyncio's own servers do)."""
 
 
 @dataclass(frozen=True)
 class HeadLimits:
     max_bytes: int = 16 * 1024
     timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What one listener enforces; its gate counts that listener's connections only."""
+
+    head: HeadLimits
+    gate: ConnectionGate
+    report: RefusalReport
+    tls_handshake_timeout: float = 5.0
+
+
+def peer_host(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
 class _Refused(Exception):  # noqa: N818 - a signal through httptools, not an error
@@ -47,8 +84,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     head is complete; body time belongs to the body limit middleware. A refusal that comes
     while earlier pipelined responses are still being written waits for them."""
 
-    limits: ClassVar[HeadLimits] = HeadLimits()
+    guards: ClassVar[Guards]
 
+    _admitted = False
+    _peer = "unknown"
     _reading_head = True
     _begun = False
     """A head has begun (its first bytes may have arrived behind another request's)."""
@@ -59,26 +98,78 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     _pending: BastionError | None = None
     _discarding = False
 
+    @property
+    def limits(self) -> HeadLimits:
+        return self.guards.head
+
+    def adopt(self, peer: str) -> None:
+        """Take over a connection already admitted through the gate (by the TLS handshake)."""
+        self._admitted = True
+        self._peer = peer
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not self._admitted:
+            peer = peer_host(transport)
+            reason = self.guards.gate.admit(peer)
+            if reason is not None:
+                self._turn_away(transport, peer, reason)
+                return
+            self.adopt(peer)
         super().connection_made(transport)
         self._arm()
 
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def release(self) -> None:
+        """Give the connection's place back, once: after a failed handshake or at its end."""
+        if self._admitted:
+            self._admitted = False
+            self.guards.gate.release(self._peer)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # turned away at the door: uvicorn never saw this connection
+        self.release()
         self._disarm()
         super().connection_lost(exc)
 
+    def _turn_away(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
+        # Written before the client has sent anything, so no unread input can reset the
+        # connection under the answer; no lingering either, the descriptor is what is short.
+        error = TooManyConnectionsError(
+            "Too many open connections; close idle ones or retry later."
+        )
+        transport.write(_response(error))
+        transport.close()
+        self.guards.report(Refusal("connection", reason, error.status, peer))
+
     def data_received(self, data: bytes) -> None:
-        if self._discarding:
+        if self._discarding or self.transport is None:
             return
         if self._reading_head:
             self._head_bytes += len(data)
-        super().data_received(data)
-        if self.transport.is_closing():
-            return
+        self._feed(data)
+        if self._discarding or self.transport.is_closing():
+            return  # refused while parsing: that refusal is the answer, nothing to add
         if self._reading_head and self._head_bytes > self.limits.max_bytes:
             self._refuse(self._too_large())
         elif not self._answering():
             self._arm()
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received`` without its log line per malformed request, which a
+        flood of them would turn into a flood of lines (refusals are reported sampled)."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response("")
+        except httptools.HttpParserUpgrade:
+            # The request is served as plain HTTP (WebSockets are off, ``ws="none"``); uvicorn
+            # would log two unsampled warnings per such request, which a client could flood.
+            pass
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -120,16 +211,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         refusal, self._refusal = self._refusal, None
-        if refusal is None:
-            super().send_400_response(msg)
-        else:
-            self._refuse(refusal)
+        self._refuse(
+            refusal
+            or MalformedHttpError(
+                "The request is not valid HTTP/1.1: its request line, a header or the "
+                "chunked body framing is malformed."
+            )
+        )
 
     def _answering(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
     def _arm(self) -> None:
-        if self._timer is None:
+        if self._timer is None and not self._discarding:
             self._timer = self.loop.call_later(self.limits.timeout, self._timed_out)
 
     def _disarm(self) -> None:
@@ -157,27 +251,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, error: BastionError) -> None:
-        client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031
-        log.warning("refused %s: %s (%d)", client, error.code, error.status)
+        if self._discarding:
+            return  # one refusal per connection: it has been answered, or will be
+        self.guards.report(Refusal("HTTP request", str(error.code), error.status, self._peer))
         self._disarm()
         self._discarding = True
         if self._answering():
-            # Earlier pipelined requests are still being answered: a refusal cannot be
-            # spliced into their responses, so it follows them.
-            self._pending = error
-            return
+            if self.pipeline or self.cycle.response_started or not self.cycle.more_body:
+                # Earlier pipelined requests, or this one, are still being answered: a
+                # refusal cannot be spliced into a response, so it follows.
+                self._pending = error
+                return
+            # The body the app is still reading is broken: the app hears a disconnect and
+            # its answer is dropped; the client hears why now.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         self._send_refusal(error)
 
     def _send_refusal(self, error: BastionError) -> None:
         self._pending = None
-        body = json.dumps(error.envelope()).encode()
-        head = [
-            STATUS_LINE[error.status],
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join([*head, body]))
+        self.transport.write(_response(error))
         # Closing with unread input would reset the connection and could destroy the
         # response before the client reads it: send it, half-close, and discard what still
         # arrives for a moment (the client's end of file closes the connection sooner).
@@ -186,6 +279,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER, self.transport.close)
         else:
             self.transport.close()
+
+
+def _response(error: BastionError) -> bytes:
+    """A whole response carrying ``error``'s envelope, after which the connection closes."""
+    body = json.dumps(error.envelope()).encode()
+    head = [
+        STATUS_LINE[error.status],
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n",
+    ]
+    return b"".join([*head, body])
 
 
 def common_name(peer: dict[str, Any] | None) -> str | None:
@@ -213,7 +318,92 @@ class TlsIdentityProtocol(GuardedHttpProtocol):
             self.scope["extensions"] = {"tls": {"client_cn": self._client_cn}}
 
 
-def protocol_class(limits: HeadLimits, *, tls_identity: bool) -> type[GuardedHttpProtocol]:
-    """A protocol class for uvicorn's ``http=`` option, carrying these limits."""
+class TlsListener:
+    """Accepts the HTTPS listener's connections itself: each is counted against the gate the
+    moment it is accepted, then handed to the TLS layer under the handshake deadline. The
+    HTTP protocol sees only connections whose handshake succeeded. It stands in for the
+    asyncio server uvicorn would create (uvicorn calls ``close`` and ``wait_closed``)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        http: Callable[[], GuardedHttpProtocol],
+        context: ssl.SSLContext,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.sock = sock
+        self.http = http
+        self.context = context
+        self.loop = loop
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.accepting = loop.create_task(self._accept())
+
+    def close(self) -> None:
+        self.accepting.cancel()
+        for task in self.handshakes:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait([self.accepting])
+
+    async def _accept(self) -> None:
+        while True:
+            try:
+                conn, address = await self.loop.sock_accept(self.sock)
+            except OSError as exc:
+                # Out of descriptors or similar: back off instead of spinning on the error.
+                log.error("cannot accept an HTTPS connection: %s", exc.strerror)  # noqa: TRY400
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            protocol = self.http()
+            peer = str(address[0]) if isinstance(address, tuple) else "unknown"
+            reason = protocol.guards.gate.admit(peer)
+            if reason is not None:
+                conn.close()  # no TLS yet, so nothing to answer with: just hang up
+                protocol.guards.report(Refusal("connection", reason, 0, peer))
+                continue
+            protocol.adopt(peer)
+            task = self.loop.create_task(self._handshake(conn, protocol))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, protocol: GuardedHttpProtocol) -> None:
+        guards = protocol.guards
+        timeout = guards.tls_handshake_timeout
+        established = False
+        try:
+            async with asyncio.timeout(timeout):
+                # asyncio's own deadline is only a backstop; the timeout above names it.
+                await self.loop.connect_accepted_socket(
+                    lambda: protocol,
+                    conn,
+                    ssl=self.context,
+                    ssl_handshake_timeout=timeout + 1,
+                )
+            established = True
+        except (TimeoutError, ssl.SSLError, OSError) as exc:
+            guards.report(_handshake_refusal(exc, protocol.peer, timeout))
+        except Exception as exc:  # noqa: BLE001 - a task nobody awaits: say so, then clean up
+            log_unhandled(exc)
+        finally:
+            # Unless the HTTP protocol owns the connection now (its end releases the place),
+            # nothing else will close the socket or give the place back; also when the server
+            # is stopping (cancelled). The TLS layer has closed its transport already.
+            if not established:
+                conn.close()
+                protocol.release()
+
+
+def _handshake_refusal(exc: Exception, peer: str, timeout: float) -> Refusal:
+    if isinstance(exc, TimeoutError):
+        return Refusal("TLS handshake", f"not complete within {timeout:g}s", 408, peer)
+    if isinstance(exc, ssl.SSLError):
+        # OpenSSL's reason is a fixed name (CERTIFICATE_VERIFY_FAILED, HTTP_REQUEST, ...).
+        return Refusal("TLS handshake", f"failed: {exc.reason or 'unknown'}", 0, peer)
+    return Refusal("TLS handshake", "connection closed during the handshake", 0, peer)
+
+
+def protocol_class(guards: Guards, *, tls_identity: bool = False) -> type[GuardedHttpProtocol]:
+    """A protocol class for uvicorn's ``http=`` option, carrying this listener's guards."""
     base = TlsIdentityProtocol if tls_identity else GuardedHttpProtocol
-    return type(base.__name__, (base,), {"limits": limits})
+    return type(base.__name__, (base,), {"guards": guards})

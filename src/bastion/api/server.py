@@ -1,25 +1,30 @@
-"""Run the app under uvicorn on pre-bound sockets, with a graceful SIGTERM drain."""
+"""Run the app under uvicorn on pre-bound sockets, with a graceful SIGTERM drain, connection
+caps per listener and per client address, and the open-file limit raised to what they need."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.lifespan.off import LifespanOff
 
 from bastion.api.app import create_app
+from bastion.api.connections import ConnectionGate, ConnectionLimits, RefusalReport
 from bastion.api.middleware.auth import auth_disabled, is_loopback
-from bastion.api.protocol import HeadLimits, protocol_class
+from bastion.api.protocol import Guards, HeadLimits, TlsListener, protocol_class
 from bastion.errors import ConfigError
 from bastion.router.registry import StateListener
+from bastion.security.tls import server_context
 from bastion.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,22 +87,72 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+OPEN_MAX = 10240
+"""macOS reports an unlimited hard RLIMIT_NOFILE but refuses a soft limit above this."""
+
+RESERVED_FILES = 256
+"""Descriptors kept out of the connection caps: model files, engine pipes, logs, audit."""
+
+
+def open_file_target(soft: int, hard: int) -> int:
+    """The soft RLIMIT_NOFILE to ask for: the hard limit (``OPEN_MAX`` when that is
+    unlimited), never lower than the soft limit already in force."""
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    return max(soft, OPEN_MAX if hard == resource.RLIM_INFINITY else hard)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit as far as the hard one allows; returns the limit now
+    in force. A flood of connections should meet the caps, not the process's limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = open_file_target(soft, hard)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+            target = soft
+    log.info("open-file limit %s (hard limit %s)", _shown(target), _shown(hard))
+    return target
+
+
+def _shown(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+def connection_limits(
+    total: int, per_client: int, open_files: int, listeners: int
+) -> ConnectionLimits:
+    """Each listener's caps: as configured, but together leaving ``RESERVED_FILES``
+    descriptors of ``open_files`` free, so that no listener can starve the others."""
+    if open_files != resource.RLIM_INFINITY:
+        total = max(1, min(total, (open_files - RESERVED_FILES) // listeners))
+    return ConnectionLimits(total, min(per_client, total))
+
+
 def serve(settings: Settings, home: Path, report: StateListener | None = None) -> None:
     """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish.
     ``report`` hears every model state change (the watchdog names them if the process dies)."""
     server_settings = settings.server
     sockets = bind_all(server_settings.host, server_settings.port)
+    app = create_app(settings, home, on_state=report)
+    # Refusals below the app share one report: one line per kind per window, all listeners.
+    refusals = RefusalReport(app.state.audit.append)
+    guards = _guards(settings, refusals)
     config = uvicorn.Config(
-        create_app(settings, home, on_state=report),
+        app,
         log_config=None,
         access_log=False,
         lifespan="on",
-        http=protocol_class(_head_limits(settings), tls_identity=False),
+        http=protocol_class(guards()),
+        # No WebSockets: an upgraded connection would leave the protocol that counts it.
+        ws="none",
         timeout_graceful_shutdown=int(server_settings.drain_timeout),
         timeout_keep_alive=5,
         server_header=False,
     )
-    secure = _tls_server(settings, home, config.app) if settings.tls.port is not None else None
+    secure = _tls_server(settings, home, app, guards()) if settings.tls.port is not None else None
     tls_sockets = bind_all(server_settings.host, settings.tls.port or 0) if secure else []
     for sock in sockets:
         host, port = sock.getsockname()[:2]
@@ -115,25 +170,67 @@ def serve(settings: Settings, home: Path, report: StateListener | None = None) -
         # uvloop and httptools when installed (they are dependencies): less CPU per token
         # on the event loop, which shares the cores with llama.cpp's threads.
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(_serve_all(uvicorn.Server(config), sockets, secure, tls_sockets))
+            runner.run(_serve_all(_Main(config, refusals, secure), sockets, tls_sockets))
     finally:
+        refusals.flush()
         for sock in [*sockets, *tls_sockets]:
             sock.close()
 
 
-def _head_limits(settings: Settings) -> HeadLimits:
-    return HeadLimits(settings.server.max_header_bytes, settings.server.header_timeout)
+def _guards(settings: Settings, refusals: RefusalReport) -> Callable[[], Guards]:
+    """Raises the open-file limit, then builds each listener's guards (its own gate)."""
+    server = settings.server
+    listeners = 2 if settings.tls.port is not None else 1
+    limits = connection_limits(
+        server.max_connections,
+        server.max_connections_per_client,
+        raise_open_file_limit(),
+        listeners,
+    )
+    if limits.total < server.max_connections:
+        log.warning(
+            "server.max_connections lowered from %d to %d per listener to fit the open-file "
+            "limit; raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more",
+            server.max_connections,
+            limits.total,
+        )
+    head = HeadLimits(server.max_header_bytes, server.header_timeout)
+
+    def build() -> Guards:
+        return Guards(head, ConnectionGate(limits), refusals, server.tls_handshake_timeout)
+
+    return build
 
 
 class _Secondary(uvicorn.Server):
-    """The HTTPS listener: the main server owns the signals and the app's lifespan."""
+    """The HTTPS listener: the main server owns the signals and the app's lifespan. It
+    accepts connections itself (``TlsListener``), so that each is counted and timed from
+    the moment it is accepted, before any TLS."""
+
+    def __init__(self, config: uvicorn.Config, context: ssl.SSLContext) -> None:
+        super().__init__(config)
+        self.context = context
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
 
-def _tls_server(settings: Settings, home: Path, app: Any) -> _Secondary:
+        def http() -> Any:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state={}, _loop=loop
+            )
+
+        # Stand-ins for asyncio servers: uvicorn calls close() and wait_closed() on them.
+        listeners = [TlsListener(sock, http, self.context, loop) for sock in sockets or []]
+        self.servers = listeners  # type: ignore[assignment]
+        self.started = True
+
+
+def _tls_server(settings: Settings, home: Path, app: Any, guards: Guards) -> _Secondary:
     tls = settings.tls
     certfile = tls.certfile or home / "tls" / "server.crt"
     keyfile = tls.keyfile or home / "tls" / "server.key"
@@ -142,34 +239,66 @@ def _tls_server(settings: Settings, home: Path, app: Any) -> _Secondary:
             f"HTTPS needs {certfile} and {keyfile}: run `bastion certs init` and "
             "`bastion certs issue --server NAME`"
         )
+    # Built here so a bad certificate or revocation list stops the start with its reason.
+    context = server_context(certfile, keyfile, client_ca=tls.client_ca, home=home)
+    # No TLS options for uvicorn: _Secondary accepts and runs the handshakes itself.
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="off",
-        http=protocol_class(_head_limits(settings), tls_identity=True),
-        ssl_certfile=str(certfile),
-        ssl_keyfile=str(keyfile),
-        ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE,
+        http=protocol_class(guards, tls_identity=True),
+        ws="none",
         timeout_graceful_shutdown=int(settings.server.drain_timeout),
         server_header=False,
     )
-    return _Secondary(config)
+    return _Secondary(config, context)
+
+
+class _Main(uvicorn.Server):
+    """The plain listener. It owns the signals and the app's lifespan, so it also stops the
+    HTTPS listener, and ends the lifespan only once both listeners have drained and the
+    refusals held back are reported: the lifespan's "shutdown" checkpoint signs the audit
+    log's final length, so nothing may be audited after it."""
+
+    def __init__(
+        self, config: uvicorn.Config, refusals: RefusalReport, secure: _Secondary | None
+    ) -> None:
+        super().__init__(config)
+        self.refusals = refusals
+        self.secure = secure
+        self.secondary: asyncio.Task[None] | None = None
+
+    def start_secure(self, sockets: list[socket.socket]) -> None:
+        if self.secure is not None:
+            self.secondary = asyncio.create_task(self.secure.serve(sockets=sockets))
+
+    async def stop_secure(self) -> None:
+        if self.secure is not None and self.secondary is not None:
+            self.secure.should_exit = True
+            await self.secondary
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.secure is not None:
+            self.secure.should_exit = True  # both listeners drain at the same time
+        # uvicorn ends the lifespan at the end of its shutdown; it must wait for the HTTPS
+        # listener, so it is held back here and ended below.
+        lifespan, self.lifespan = self.lifespan, LifespanOff(self.config)
+        try:
+            await super().shutdown(sockets)
+            await self.stop_secure()
+        finally:
+            self.lifespan = lifespan
+            self.refusals.flush()
+            if not self.force_exit:
+                await lifespan.shutdown()
 
 
 async def _serve_all(
-    main: uvicorn.Server,
-    sockets: list[socket.socket],
-    secure: _Secondary | None,
-    tls_sockets: list[socket.socket],
+    main: _Main, sockets: list[socket.socket], tls_sockets: list[socket.socket]
 ) -> None:
-    if secure is None:
-        await main.serve(sockets=sockets)
-        return
-    secondary = asyncio.create_task(secure.serve(sockets=tls_sockets))
+    main.start_secure(tls_sockets)
     try:
         await main.serve(sockets=sockets)
     finally:
-        secure.should_exit = True
-        await secondary
+        await main.stop_secure()  # when the main server failed before its shutdown

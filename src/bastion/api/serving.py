@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from bastion.api.errors import log_unhandled
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
 from bastion.engine import Chunk, TokenLogprob
 from bastion.errors import BastionError, EngineError
@@ -213,8 +214,9 @@ async def _run(
         except BastionError as exc:
             log.warning("stream failed after it began: %s", exc.message)
             yield _sse_error(exc)
-        except Exception:
-            log.exception("stream failed after it began")
+        except Exception as exc:  # noqa: BLE001 - the client hears an SSE error instead
+            log.error("stream failed after it began")  # noqa: TRY400 - the next line has it
+            log_unhandled(exc)  # escaped: an engine error's text can quote the prompt
             yield _sse_error(EngineError("The engine failed while streaming."))
         finally:
             _account(record, last, texts)

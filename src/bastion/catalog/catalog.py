@@ -19,10 +19,16 @@ import yaml
 from pydantic import ValidationError
 
 from bastion.catalog.model_def import BUILTIN_MODELS, ModelDef
-from bastion.errors import InvalidParameterError, ModelNotFoundError
+from bastion.errors import InvalidParameterError, ModelConflictError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.yaml"
+SOURCE_FIELDS = frozenset({"package", "hf", "url", "local_path", "file"})
+
+
+def source_of(model: ModelDef) -> dict[str, Any]:
+    """What decides which bytes a model's name stands for: its source and weights file."""
+    return model.model_dump(mode="json", include=set(SOURCE_FIELDS))
 
 
 def describe(exc: ValidationError) -> str:
@@ -60,14 +66,40 @@ class Catalog:
         """Validate a whole entry; the error lists every field to fix."""
         try:
             return ModelDef.model_validate(
-                data, context={"allowed_roots": [str(r) for r in self.allowed_roots]}
+                data,
+                context={
+                    "allowed_roots": [str(r) for r in self.allowed_roots],
+                    "home": str(self.home),
+                },
             )
         except ValidationError as exc:
             raise InvalidParameterError(describe(exc), param="model") from None
 
-    def add(self, data: dict[str, Any]) -> ModelDef:
-        """Validate, then persist atomically; nothing is written for an invalid entry."""
+    def add(self, data: dict[str, Any], *, replace: bool = False) -> ModelDef:
+        """Validate, then persist atomically; nothing is written for an invalid entry.
+
+        An existing operator entry, or a built-in pointed at another source, is replaced
+        only with ``replace``. A changed source discards what the store holds for the name."""
         model = self.validate(data)
+        old = self.entries.get(model.name)
+        changed = old is not None and source_of(old) != source_of(model)
+        if old is not None and not replace:
+            if not self.is_builtin(model.name):
+                raise ModelConflictError(
+                    f"a model named '{model.name}' already exists; replace it with force",
+                    param="name",
+                )
+            if changed:
+                raise ModelConflictError(
+                    f"'{model.name}' is built in; pointing it at another source needs force",
+                    param="name",
+                )
+        if changed:
+            # Before the entry is written: a new source must never inherit the old digest
+            # or signature, even if this write fails half way.
+            from bastion.store.package import discard  # noqa: PLC0415 - store imports catalog
+
+            discard(self.home, model.name)
         raw = _read_file(self.path)
         raw[model.name] = model.model_dump(mode="json", exclude_defaults=True)
         _write_atomic(self.path, raw)
@@ -113,6 +145,17 @@ def load_catalog(home: Path, allowed_roots: list[Path] | None = None) -> Catalog
     for warning in catalog.warnings:
         log.warning("%s", warning)
     return catalog
+
+
+def local_paths(home: Path) -> list[Path]:
+    """Every absolute ``local_path`` the catalog file names, in valid entries or not: the
+    store must never delete one, even one that validation would now refuse."""
+    try:
+        raw = _read_file(home / CATALOG_FILE)
+    except CatalogFileError:
+        return []
+    found = (e.get("local_path") for e in raw.values() if isinstance(e, dict))
+    return [Path(p) for p in found if isinstance(p, str) and Path(p).is_absolute()]
 
 
 class CatalogFileError(Exception):

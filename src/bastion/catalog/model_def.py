@@ -7,15 +7,19 @@ a directory the operator manages (``local_path``, used in place, never copied or
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bastion.engine.cpu import RepackSetting
+from bastion.errors import InvalidNameError
+from bastion.security.names import NAME_PATTERN, RULE, check_name
 
-NAME_PATTERN = r"^[a-z0-9._-]{1,64}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _LOCAL_CHARS = re.compile(r"^[A-Za-z0-9._/+@-]+$")
 _FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$"
@@ -66,7 +70,7 @@ class UrlSource(_Strict):
 
 
 class ModelDef(_Strict):
-    name: str = Field(pattern=NAME_PATTERN, description="a-z, 0-9, '.', '_', '-'; at most 64.")
+    name: str = Field(description=RULE, json_schema_extra={"pattern": NAME_PATTERN})
     description: str = Field(default="", max_length=1000)
     package: PackageSource | None = None
     hf: HfSource | None = None
@@ -85,6 +89,15 @@ class ModelDef(_Strict):
     lora: list[Path] = Field(default_factory=list)
     tags: list[Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,32}$")]] = Field(default_factory=list)
     use_cases: list[UseCase] = Field(default_factory=_chat)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_safe_file_name(cls, value: str) -> str:
+        # It names the store directory (models/<name>/): the rule shared with certificates.
+        try:
+            return check_name(value, kind="model")
+        except InvalidNameError as exc:
+            raise ValueError(exc.message) from None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelDef:
@@ -109,7 +122,9 @@ class ModelDef(_Strict):
     def _safe_local_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        check_local_path(value, _allowed_roots(info))
+        context: Any = info.context or {}
+        home = context.get("home")
+        check_local_path(value, _allowed_roots(info), Path(home) if home else None)
         return value
 
     @model_validator(mode="after")
@@ -119,9 +134,9 @@ class ModelDef(_Strict):
         if not self.local_path.is_dir():
             raise ValueError(f"local_path {self.local_path} does not exist or is not a directory")
         if self.file is not None:
-            weights = self.local_path / self.file
-            if not weights.is_file():
+            if not os.path.lexists(self.local_path / self.file):
                 raise ValueError(f"file {self.file} is missing in {self.local_path}")
+            check_local_file(self.local_path, self.file)
             return self
         ggufs = sorted(p.name for p in self.local_path.glob("*.gguf"))
         if len(ggufs) != 1:
@@ -129,6 +144,7 @@ class ModelDef(_Strict):
             raise ValueError(
                 f"name the weights with 'file': {self.local_path} holds {found} .gguf files"
             )
+        check_local_file(self.local_path, ggufs[0])
         return self
 
     @model_validator(mode="after")
@@ -144,6 +160,8 @@ class ModelDef(_Strict):
             resolved = (self.local_path / path).resolve()
             if not resolved.is_relative_to(self.local_path.resolve()):
                 raise ValueError(f"{label} {path} must live inside local_path {self.local_path}")
+            if os.path.lexists(self.local_path / path):
+                check_local_file(self.local_path, path)
         return self
 
     @property
@@ -167,8 +185,10 @@ def _allowed_roots(info: ValidationInfo) -> list[Path]:
     return [Path(p) for p in context.get("allowed_roots", [])]
 
 
-def check_local_path(path: Path, allowed_roots: list[Path]) -> None:
-    """Absolute, plain characters, no '.' or '..', inside an allowed root, no symlink escape."""
+def check_local_path(path: Path, allowed_roots: list[Path], home: Path | None = None) -> None:
+    """Absolute, plain characters, no '.' or '..', inside an allowed root, no symlink escape,
+    and (given ``home``) not inside ``$BASTION_HOME``: the store deletes and rewrites what is
+    there (models/<name>), and a local model is never bastion's to delete."""
     text = str(path)
     if not path.is_absolute():
         raise ValueError(f"local_path must be absolute, not {text!r}")
@@ -188,6 +208,43 @@ def check_local_path(path: Path, allowed_roots: list[Path]) -> None:
             f"local_path {text} (resolved {resolved}) is outside the allowed "
             f"roots ({roots}); add its parent to store.allowed_roots"
         )
+    if home is not None and resolved.is_relative_to(home.resolve()):
+        raise ValueError(
+            f"local_path {text} (resolved {resolved}) is inside BASTION_HOME ({home}), whose "
+            "files bastion deletes and replaces; keep local models outside it"
+        )
+
+
+def check_local_file(
+    local_path: Path,
+    name: str | Path,
+    allowed_roots: Sequence[Path] | None = None,
+    home: Path | None = None,
+) -> Path:
+    """The one rule for reading a local model's file, at add, at pull and at every load; the
+    file's real path. With ``allowed_roots``, ``local_path`` is checked against them again
+    (without, it was checked when its ModelDef was built). The file itself must be a regular
+    file, not a symlink: the manifest vouches for regular files only (serving refuses a
+    symlink) and a link can be re-pointed after it was checked. Directories on the way may be
+    symlinks as long as the real path stays inside ``local_path`` and so inside the roots."""
+    if allowed_roots is not None:
+        check_local_path(local_path, list(allowed_roots), home)
+    path = local_path / name
+    try:
+        info = path.lstat()
+    except OSError:
+        raise ValueError(f"{name} is missing in {local_path}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(
+            f"{path} is a symlink; local model files must be regular files (point local_path "
+            "at the directory that holds the file itself)"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    real = path.resolve()
+    if not real.is_relative_to(local_path.resolve()):
+        raise ValueError(f"{path} resolves to {real}, outside local_path {local_path}")
+    return real
 
 
 SMOLLM2 = "smollm2-135m-instruct"

@@ -1,4 +1,5 @@
-"""``bastion certs``: a private CA, the server certificate and client certificates."""
+"""``bastion certs``: a private CA, the server certificate, client certificates and their
+revocation."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ from typing import Annotated
 
 import typer
 
-from bastion.security.tls import CertificateError, init_ca, issue, list_certs
+from bastion.errors import InvalidNameError
+from bastion.security.tls import CertificateError, init_ca, issue, list_certs, revoke
 from bastion.settings import ensure_dir, home_dir
 
 app = typer.Typer(help="Certificates for HTTPS and mutual TLS.", no_args_is_help=True)
 
 
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"bastion: {message}", err=True)
+    return typer.Exit(2)
+
+
 @app.command()
 def init(force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = False) -> None:
-    """Create the CA (EC P-256, 5 years; key 0600)."""
+    """Create the CA (EC P-256, 5 years; key 0600) and an empty revocation list."""
     try:
         issued = init_ca(ensure_dir(home_dir()), force=force)
     except CertificateError as exc:
-        typer.echo(f"bastion: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
     typer.echo(f"CA: {issued.cert} (give this to clients), key {issued.key}")
 
 
@@ -28,18 +34,43 @@ def issue_command(
     cn: str,
     server: Annotated[bool, typer.Option("--server", help="A server certificate.")] = False,
     san: Annotated[list[str] | None, typer.Option(help="Server name or IP (repeatable).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing certificate and key of that name (a replaced client "
+            "certificate is revoked)."
+        ),
+    ] = False,
 ) -> None:
-    """A client certificate for CN (its identity in the audit log), or --server's."""
+    """A client certificate for CN (its identity in the audit log and its file name:
+    lowercase a-z, 0-9, '.', '_', '-'), or --server's."""
     try:
-        issued = issue(ensure_dir(home_dir()), cn, server=server, sans=san)
+        issued = issue(ensure_dir(home_dir()), cn, server=server, sans=san, force=force)
     except CertificateError as exc:
-        typer.echo(f"bastion: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
+    except InvalidNameError as exc:
+        raise _fail(exc.message) from None
     typer.echo(f"certificate {issued.cert}, key {issued.key}")
+    if issued.revoked_replaced:
+        typer.echo("the certificate it replaces is revoked (tls/crl.pem)")
+
+
+@app.command("revoke")
+def revoke_command(cn: str) -> None:
+    """Revoke the client certificate of CN: the HTTPS listener refuses it from its next
+    handshake on (the CA-signed list is tls/crl.pem)."""
+    try:
+        added = revoke(home_dir(), cn)
+    except CertificateError as exc:
+        raise _fail(str(exc)) from None
+    except InvalidNameError as exc:
+        raise _fail(exc.message) from None
+    typer.echo(f"revoked the certificate of '{cn}'" if added else f"'{cn}' was already revoked")
 
 
 @app.command("list")
 def list_command() -> None:
-    """Every certificate with its CN and expiry."""
-    for path, cn, expires in list_certs(home_dir()):
-        typer.echo(f"{path:<36} CN={cn:<24} expires {expires}")
+    """Every certificate with its CN, expiry and whether it is revoked."""
+    for cert in list_certs(home_dir()):
+        state = "REVOKED" if cert.revoked else ""
+        typer.echo(f"{cert.file:<36} CN={cert.cn:<24} expires {cert.expires} {state}".rstrip())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from bastion.security.api_keys import KeyStore, KeyStoreError
+from bastion.security.api_keys import INFERENCE, SCOPES, KeyStore, KeyStoreError, parse_scopes
 from bastion.settings import ensure_dir, home_dir
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -15,25 +17,39 @@ def _store() -> KeyStore:
 
 
 @app.command()
-def create(name: str) -> None:
+def create(
+    name: str,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help=f"Scope of the key: {', '.join(SCOPES)} (repeat, or a comma list). "
+            "inference: the OpenAI routes; admin: /api/* and /metrics. Default inference.",
+        ),
+    ] = None,
+) -> None:
     """Create a key and print it once; only its SHA-256 is kept."""
     try:
-        token = _store().create(name)
+        scopes = parse_scopes(scope or [INFERENCE])
+        token = _store().create(name, scopes)
     except KeyStoreError as exc:
         typer.echo(f"bastion: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(token)
     typer.echo(
-        f"key '{name}' created; it is shown only now. Send it as 'Authorization: Bearer <key>'.",
+        f"key '{name}' ({','.join(sorted(scopes))}) created; it is shown only now. "
+        "Send it as 'Authorization: Bearer <key>'.",
         err=True,
     )
 
 
 @app.command("list")
 def list_keys() -> None:
-    """Key names, creation times and whether they are revoked (never the keys)."""
+    """Key names, creation times, scopes and whether they are revoked (never the keys)."""
     for key in _store().all():
-        typer.echo(f"{key.name:<24} {key.created}  {'revoked' if key.revoked else 'active'}")
+        scopes = ",".join(sorted(key.scopes)) or "none"
+        status = "revoked" if key.revoked else "active"
+        typer.echo(f"{key.name:<24} {key.created}  {status:<8} {scopes}")
 
 
 @app.command()

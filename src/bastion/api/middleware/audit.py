@@ -9,14 +9,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.metrics import Metrics
-from bastion.security.audit import AuditLog
+from bastion.security.audit import AuditTrail
 
 CONTENT = ("prompt", "completion")
 """Present only with ``audit.include_content``."""
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, log: AuditLog, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, log: AuditTrail, metrics: Metrics) -> None:
         self.app = app
         self.log = log
         self.metrics = metrics
@@ -36,6 +36,9 @@ class AuditMiddleware:
 
         try:
             await self.app(scope, receive, capture)
+        except Exception:
+            status = status or 500  # failed before answering: not the client's 499
+            raise
         finally:
             state: dict[str, Any] = scope.get("state", {})
             usage: dict[str, Any] = state.get("audit", {})
@@ -50,6 +53,8 @@ class AuditMiddleware:
                     "request_id": state.get("request_id"),
                     "identity": state.get("identity"),
                     "route": f"{scope['method']} {scope['path']}",
+                    # The socket peer: who to block when the records are refusals.
+                    "client": (scope.get("client") or (None,))[0],
                     "model": usage.get("model"),
                     "model_digest": usage.get("model_digest"),
                     "status": status or 499,

@@ -2,9 +2,14 @@
 
 Decided on the normalised ASGI path (never on a URL rebuilt from Host): ``//v1/models``,
 ``/v1/../v1/models`` and trailing slashes all normalise to the route they reach. Identities:
-``loopback`` (with ``auth.loopback_bypass``), ``key:NAME`` for a valid bearer key. With no
-keys configured a remote caller is refused (fail closed). Malformed or non-ASCII headers get
-401, never 500.
+``loopback`` (with ``auth.loopback_bypass``), ``key:NAME`` for a valid bearer key,
+``cert:CN`` for a verified client certificate. With no keys configured a remote caller is
+refused (fail closed). Malformed or non-ASCII headers get 401, never 500.
+
+Authorisation happens here too, in one place: ``required_scope`` maps the normalised path to
+``admin`` (``/api/*`` and ``/metrics``) or ``inference`` (everything else). Keys carry their
+scopes; loopback (while bypassed) and disabled auth have every scope; a client certificate is
+inference only unless its CN is in ``auth.admin_certs``. A missing scope is a 403.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ import ipaddress
 import logging
 import os
 import posixpath
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.api.errors import send_error
-from bastion.errors import BastionError
-from bastion.security.api_keys import KeyStore
+from bastion.errors import BastionError, InsufficientScopeError
+from bastion.security.api_keys import ADMIN, ALL_SCOPES, INFERENCE, KeyStore
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
+ADMIN_PREFIX = "/api"
+ADMIN_PATHS = frozenset({"/metrics"})
 DISABLED_WARNING_EVERY = 3600.0
 
 
@@ -61,39 +69,83 @@ def is_loopback(host: str | None) -> bool:
     return ip.is_loopback
 
 
+def required_scope(path: str) -> str | None:
+    """The scope a request for ``path`` needs (None for the public paths). Both the raw and
+    the normalised path are checked (case-folded), so no spelling of an admin route reaches
+    it as inference."""
+    if normalise(path) in PUBLIC_PATHS:
+        return None
+    for candidate in {path.lower(), normalise(path).lower()}:
+        if candidate in ADMIN_PATHS or candidate == ADMIN_PREFIX:
+            return ADMIN
+        if candidate.startswith(ADMIN_PREFIX + "/"):
+            return ADMIN
+    return INFERENCE
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling and what it may do."""
+
+    identity: str
+    scopes: frozenset[str]
+
+
 class AuthMiddleware:
     def __init__(
-        self, app: ASGIApp, keys: KeyStore, *, loopback_bypass: bool, disabled: bool
+        self,
+        app: ASGIApp,
+        keys: KeyStore,
+        *,
+        loopback_bypass: bool,
+        disabled: bool,
+        admin_certs: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.keys = keys
         self.loopback_bypass = loopback_bypass
         self.disabled = disabled
+        self.admin_certs = admin_certs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        identity = self._identify(scope)
-        if isinstance(identity, BastionError):
-            reason = identity.reason if isinstance(identity, AuthenticationError) else "other"
-            scope.setdefault("state", {})["auth_failure"] = reason
-            await send_error(send, identity)
+        state = scope.setdefault("state", {})
+        caller = self._identify(scope)
+        if isinstance(caller, BastionError):
+            reason = caller.reason if isinstance(caller, AuthenticationError) else "other"
+            state["auth_failure"] = reason
+            await send_error(send, caller)
             return
-        scope.setdefault("state", {})["identity"] = identity
+        state["identity"] = caller.identity
+        needed = required_scope(scope["path"])
+        if needed is not None and needed not in caller.scopes:
+            state["auth_failure"] = "insufficient_scope"
+            await send_error(
+                send,
+                InsufficientScopeError(
+                    f"This route needs the '{needed}' scope, which this credential lacks "
+                    f"(bastion keys create NAME --scope {needed})."
+                ),
+            )
+            return
         await self.app(scope, receive, send)
 
-    def _identify(self, scope: Scope) -> str | BastionError:
+    def _identify(self, scope: Scope) -> Caller | BastionError:
         tls = (scope.get("extensions") or {}).get("tls") or {}
-        if tls.get("client_cn"):
-            return f"cert:{tls['client_cn']}"  # verified in the handshake: the credential
+        if cn := tls.get("client_cn"):
+            # Verified in the handshake: the credential. Admin only when named in settings.
+            admin = cn in self.admin_certs
+            return Caller(f"cert:{cn}", ALL_SCOPES if admin else frozenset({INFERENCE}))
         if self.disabled:
-            return "anonymous"  # announced at start and hourly by the app's lifespan
+            # announced at start and hourly by the app's lifespan
+            return Caller("anonymous", ALL_SCOPES)
         client = scope.get("client")
         if self.loopback_bypass and client and is_loopback(client[0]):
-            return "loopback"
+            return Caller("loopback", ALL_SCOPES)
         if normalise(scope["path"]) in PUBLIC_PATHS:
-            return "public"
+            return Caller("public", frozenset())
         header = None
         for name, value in scope.get("headers", []):
             if name == b"authorization":
@@ -119,7 +171,7 @@ class AuthMiddleware:
                 "callers are refused (bastion keys create NAME).",
                 reason="no_keys",
             )
-        name = self.keys.identify(token.strip())
-        if name is None:
+        key = self.keys.identify(token.strip())
+        if key is None:
             return AuthenticationError("Invalid API key.", reason="invalid")
-        return f"key:{name}"
+        return Caller(f"key:{key.name}", key.scopes)

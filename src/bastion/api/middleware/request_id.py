@@ -1,4 +1,9 @@
-"""Give every request an id: in logs, in the ``X-Request-Id`` response header, in the audit."""
+"""Give every request an id: in logs, in the ``X-Request-Id`` response header, in the audit.
+
+The server's own ids are ``req_`` and 32 hex digits. A client may send its own (1 to 128 of
+``A-Za-z0-9._:-``) to correlate requests; it is kept with a ``client-`` prefix, so it can never
+pass for a server id, and anything else is replaced by a server id.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion.log import request_id_var
+from bastion.log import escape, request_id_var
 
 log = logging.getLogger("bastion.access")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CLIENT_PREFIX = "client-"
 
 
 class RequestIdMiddleware:
@@ -43,8 +49,8 @@ class RequestIdMiddleware:
         finally:
             log.info(
                 "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
+                escape(scope["method"]),
+                escape(scope["path"]),
                 status,
                 (time.perf_counter() - started) * 1000,
             )
@@ -55,5 +61,5 @@ def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             text = value.decode("latin-1")
-            return text if _CLIENT_ID.match(text) else None
+            return CLIENT_PREFIX + text if _CLIENT_ID.fullmatch(text) else None
     return None

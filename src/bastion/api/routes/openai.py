@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, TypeVar
 
@@ -12,13 +11,17 @@ from starlette.responses import JSONResponse, Response
 
 from bastion.api import serving
 from bastion.api.errors import from_validation_error
+from bastion.api.jsonbody import parse_json_object
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
-from bastion.errors import InvalidRequestError, MalformedJSONError, ModelNotFoundError
+from bastion.errors import ModelNotFoundError
+from bastion.log import escape
 from bastion.router import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
+LOGGED_FIELDS = 16
+"""Unsupported field names named in the log line; the rest are counted (one line stays short)."""
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -28,19 +31,16 @@ def _registry(request: Request) -> ModelRegistry:
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Parse JSON (NaN literals allowed, so they can be refused by name) and validate."""
-    raw = await request.body()
-    try:
-        data: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MalformedJSONError("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
+    data = parse_json_object(await request.body())
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     if parsed.model_extra:
-        log.info("ignoring unsupported fields: %s", ", ".join(sorted(parsed.model_extra)))
+        names = sorted(parsed.model_extra)
+        shown = ", ".join(escape(name, limit=64) for name in names[:LOGGED_FIELDS])
+        more = f" and {len(names) - LOGGED_FIELDS} more" if len(names) > LOGGED_FIELDS else ""
+        log.info("ignoring unsupported fields: %s%s", shown, more)
     return parsed
 
 

@@ -29,6 +29,7 @@ from bastion.engine.chat_template import CHATML, ChatTemplate
 from bastion.engine.llamacpp.batch import add_token, logits_row
 from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel, repack_decision
+from bastion.engine.llamacpp.prompt import ChatPrompt
 from bastion.engine.llamacpp.requests import (
     Item,
     Request,
@@ -84,6 +85,7 @@ class LlamaCppEngine:
         self._closed = False
         self._model: LlamaModel | None = None
         self._template: ChatTemplate | None = None
+        self._prompt: ChatPrompt | None = None
         self._ctx_per_slot = 0
         self._running = 0
         self._outbox: list[tuple[Request, Item]] = []
@@ -109,6 +111,8 @@ class LlamaCppEngine:
         if self._closed:
             return
         self._closed = True
+        if self._template is not None:
+            self._template.close()  # a render in progress fails now instead of delaying shutdown
         self._inbox.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -165,15 +169,14 @@ class LlamaCppEngine:
                 self._tokenizing -= 1
 
     def _tokenize_prompt(self, params: GenerationParams) -> list[int]:
-        model, template = self._model, self._template
+        model, prompt = self._model, self._prompt
         assert model is not None  # noqa: S101 - guarded by ready
-        assert template is not None  # noqa: S101
+        assert prompt is not None  # noqa: S101
         if params.messages is not None:
-            text = template.render(params.messages)
-            bos = model.bos_text
-            add_special = model.add_bos and not (bos and text.startswith(bos))
-            tokens = model.tokenize(text, add_special=add_special, parse_special=True)
+            tokens = prompt.tokens(params.messages)
         else:
+            # A raw completion prompt is the caller's own: its special tokens are parsed, as in
+            # llama-server (a chat turn's content never is; see ``ChatPrompt``).
             tokens = model.tokenize(params.prompt or "", add_special=model.add_bos)
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -210,6 +213,8 @@ class LlamaCppEngine:
                 else ModelLoadError(f"model '{self._name}' failed to load")
             )
             log.exception("loading %s failed", self._name)
+            if self._template is not None:
+                self._template.close()
             if self._model is not None:
                 self._model.close()
             self._loaded.set()
@@ -243,6 +248,14 @@ class LlamaCppEngine:
                 f"model '{self._name}': {self._weights.name} was replaced between "
                 "verification and load; refusing it"
             )
+        # Checked before a context exists: a template refused at load costs no KV memory.
+        self._template = ChatTemplate(
+            self._chat_template or model.chat_template() or CHATML,
+            bos_token=model.bos_text,
+            eos_token=model.eos_text,
+            model_name=self._name,
+        )
+        self._prompt = ChatPrompt(model, self._template)
         ctx_per_slot = min(settings.ctx_per_slot, model.n_ctx_train or settings.ctx_per_slot)
         params = ll.llama_context_default_params()
         params.n_ctx = ctx_per_slot * settings.slots
@@ -262,11 +275,6 @@ class LlamaCppEngine:
         self._n_batch = int(params.n_batch)
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
-        self._template = ChatTemplate(
-            self._chat_template or model.chat_template() or CHATML,
-            bos_token=model.bos_text,
-            eos_token=model.eos_text,
-        )
         self._self_test(model)
         log.info(
             "loaded %s: %d slots x %d tokens, %d threads, %.2fs",
@@ -292,6 +300,8 @@ class LlamaCppEngine:
             time.sleep(0.01)
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
+        if self._template is not None:
+            self._template.close()
         if self._model is not None:
             self._model.close()
 

@@ -111,7 +111,26 @@ class LlamaModel:
         """Text of a token for display (special tokens included, e.g. in logprobs)."""
         buf = ctypes.create_string_buffer(_PIECE_BUF)
         n = ll.llama_token_to_piece(self.vocab, token, buf, _PIECE_BUF, 0, True)
+        if n < 0:  # longer than the buffer: -n is its size (an empty text would go unshielded)
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def special_texts(self) -> list[str]:
+        """Texts that tokenize as control tokens only with ``parse_special``: the tokens whose
+        attributes are control or unknown (llama.cpp matches user-defined ones either way)."""
+        special = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+        return [
+            text
+            for token in range(self.n_vocab)
+            if ll.llama_vocab_get_attr(self.vocab, token) & special
+            and (text := self.token_text(token))
+        ]
+
+    @property
+    def bos(self) -> int:
+        """The BOS token id, or -1 when the vocabulary has none."""
+        return int(ll.llama_vocab_bos(self.vocab))
 
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self.vocab, token))
