@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bastion.errors import ConfigError
-from bastion.settings import Settings, home_dir, load_settings
+from bastion.settings import EngineSettings, Settings, home_dir, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "bastion.example.yaml"
 
@@ -51,11 +52,35 @@ def test_unknown_key_in_file_is_an_error_naming_it(home: Path) -> None:
         load_settings()
 
 
-def test_invalid_yaml_is_reported(home: Path) -> None:
+# Each kind of YAML mistake, with the line and column where PyYAML stops.
+BROKEN_YAML = [
+    ("server: [unclosed\n", "line 2, column 1"),  # a flow sequence never closed
+    ("server:\n  port: 8000\n   host: x\n", "line 3, column 8"),  # a mis-indented key
+    ("server:\n\tport: 8000\n", "line 2, column 1"),  # a tab as indentation
+    ("auth:\n  token: *S3cretValue\n", "line 2, column 10"),  # reads as an undefined alias
+    ('server:\n  host: "unterminated\n', "line 3, column 1"),  # a quote never closed
+]
+
+
+@pytest.mark.parametrize(("text", "where"), BROKEN_YAML)
+def test_invalid_yaml_is_reported_with_its_line_and_column(
+    home: Path, text: str, where: str
+) -> None:
     home.mkdir(parents=True)
-    (home / "bastion.yaml").write_text("server: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    (home / "bastion.yaml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
         load_settings()
+    assert f"bastion.yaml, {where}: not valid YAML" in caught.value.message
+
+
+def test_yaml_errors_never_quote_the_file(home: Path) -> None:
+    """An unquoted value starting with '*' is parsed as an alias; PyYAML names it in its
+    message, and it may be a secret."""
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text("auth:\n  token: *S3cretValue\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "S3cretValue" not in caught.value.message
 
 
 def test_out_of_range_value_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +106,12 @@ def test_cors_origins_accept_hosts_ports_and_ipv6(
     origins = ["https://app.example:8443", "http://localhost:3000", "http://[::1]:5173"]
     monkeypatch.setenv("BASTION_SERVER__CORS_ORIGINS", json.dumps(origins))
     assert load_settings().server.cors_origins == origins
+
+
+def test_max_tokens_settings_bound_output_by_default() -> None:
+    engine = EngineSettings()
+    assert (engine.default_max_tokens, engine.max_tokens_limit) == (2048, 0)
+    assert EngineSettings(max_tokens_limit=16).max_tokens_limit == 16
+    for bad in (1, 15, -1):  # below 16 would refuse every legacy completion's default
+        with pytest.raises(ValidationError):
+            EngineSettings(max_tokens_limit=bad)

@@ -61,6 +61,12 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class ModelNotChatError(InvalidRequestError):
+    """A chat request to a completion-only model (a base model, or one without a template)."""
+
+    code = "model_not_chat"
+
+
 class ModelNotFoundError(BastionError):
     status = 404
     type = "invalid_request_error"

@@ -153,6 +153,20 @@ class EngineSettings(_Section):
         le=1_048_576,
         description="Most tokens (prompt + completion) one request may use.",
     )
+    default_max_tokens: int = Field(
+        default=2048,
+        ge=0,
+        le=1_048_576,
+        description="Completion tokens a chat request may generate when it sets no max_tokens "
+        "(still capped by the context and max_tokens_limit); 0 runs to the end of the context.",
+    )
+    max_tokens_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1_048_576,
+        description="Most completion tokens a request may ask for: a larger max_tokens is a "
+        "400 naming max_tokens. 0: only the context limits it; otherwise at least 16.",
+    )
     time_slice: float = Field(
         default=2.0,
         ge=0.0,
@@ -199,6 +213,14 @@ class EngineSettings(_Section):
         "on, except where the CPU has AMX (llama.cpp's AMX repacking crashes there, llama.cpp "
         "issue 20824); a model's catalog entry may override it.",
     )
+
+    @field_validator("max_tokens_limit")
+    @classmethod
+    def _limit_allows_the_completions_default(cls, value: int) -> int:
+        # Legacy completions without max_tokens ask for OpenAI's 16: a lower cap refuses them.
+        if 0 < value < 16:
+            raise ValueError("must be 0 (no limit but the context) or at least 16")
+        return value
 
     def resolved_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
@@ -320,13 +342,22 @@ class _YamlSource(InitSettingsSource):
         super().__init__(settings_cls, read_yaml_settings(path))
 
 
+def yaml_error_where(exc: yaml.YAMLError) -> str:
+    """``", line 3, column 7: not valid YAML (ScannerError)"``: where the parser stopped.
+    PyYAML's own text is left out: it can quote the file (an unquoted ``*password`` is read as
+    an alias and named in the message), and bastion.yaml may hold secrets."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: not valid YAML ({exc.__class__.__name__})"
+
+
 def read_yaml_settings(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(f"{path}{yaml_error_where(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

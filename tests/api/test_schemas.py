@@ -143,3 +143,109 @@ def test_completion_logprobs_bound() -> None:
 
 def test_unknown_fields_are_kept_for_logging_not_refused() -> None:
     assert chat(frobnicate=1).extra_fields() == ["frobnicate"]
+
+
+def test_logit_bias_reaches_the_sampler_as_token_ids() -> None:
+    sampling = chat(logit_bias={"42": 100, "7": -100, "0": 0.5}).to_generation_params().sampling
+    assert sampling.logit_bias == ((42, 100.0), (7, -100.0), (0, 0.5))
+    text = CompletionRequest.model_validate({"prompt": "x", "logit_bias": {"9": -1}})
+    assert text.to_generation_params().sampling.logit_bias == ((9, -1.0),)
+    assert chat().to_generation_params().sampling.logit_bias == ()
+
+
+@pytest.mark.parametrize(
+    "bias",
+    [
+        {"1": 100.5},
+        {"1": -101},
+        {"1": math.inf},
+        {"1": "5"},
+        {"one": 1},
+        {"-1": 1},
+        {"1.0": 1},
+        {"01": 1},
+        {" 1": 1},
+        {"99999999999": 1},
+        {str(i): 1 for i in range(301)},
+        [[1, 1]],
+    ],
+)
+def test_bad_logit_bias_is_refused_naming_logit_bias(bias: Any) -> None:
+    error = refused(logit_bias=bias)
+    assert (error.status, error.param) == (400, "logit_bias")
+
+
+def test_logit_bias_takes_three_hundred_entries() -> None:
+    bias = {str(i): -1 for i in range(300)}
+    assert len(chat(logit_bias=bias).to_generation_params().sampling.logit_bias) == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("functions", [{"name": "f", "parameters": {}}]),
+        ("functions", []),
+        ("function_call", "auto"),
+        ("function_call", "none"),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "auto"),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("parallel_tool_calls", True),
+        ("parallel_tool_calls", False),
+        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("modalities", ["audio"]),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("web_search_options", {}),
+        ("reasoning_effort", "low"),
+        ("verbosity", "low"),
+        ("store", True),
+    ],
+)
+def test_unsupported_openai_parameters_are_refused_by_name(name: str, value: Any) -> None:
+    for request in (
+        lambda: chat(**{name: value}),
+        lambda: CompletionRequest.model_validate({"prompt": "x", name: value}),
+    ):
+        with pytest.raises(InvalidParameterError) as info:
+            request()
+        assert (info.value.status, info.value.param) == (400, name)
+        assert name in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("user", "alice"),
+        ("metadata", {"team": "a"}),
+        ("store", False),
+        ("store", None),
+        ("tools", []),
+        ("tools", None),
+        ("tool_choice", "none"),
+        ("response_format", {"type": "text"}),
+        ("modalities", ["text"]),
+        ("service_tier", "auto"),
+        ("prompt_cache_key", "k"),
+        ("safety_identifier", "s"),
+        ("functions", None),
+    ],
+)
+def test_harmless_parameters_are_accepted(name: str, value: Any) -> None:
+    assert chat(**{name: value}).to_generation_params().messages is not None
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"suffix": "tail"}, "suffix"), ({"best_of": 2}, "best_of"), ({"n": 3}, "n")],
+)
+def test_completion_only_features_are_refused(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises((InvalidParameterError, ValidationError)) as info:
+        CompletionRequest.model_validate({"prompt": "x", **fields})
+    error = info.value
+    if isinstance(error, ValidationError):
+        error = from_validation_error(error)
+    assert (error.status, error.param) == (400, param)

@@ -19,10 +19,12 @@ from bastion.api.server import (
     _Main,
     _Secondary,
     _serve_all,
+    bind_all,
     connection_limits,
     open_file_target,
     raise_open_file_limit,
 )
+from bastion.errors import ConfigError
 
 INF = resource.RLIM_INFINITY
 
@@ -131,3 +133,35 @@ def test_the_https_listener_and_held_refusals_end_before_the_lifespan() -> None:
         for sock in sockets:
             sock.close()
     assert app.events == ["refusal x1", "https stopped", "refusal x2", "checkpoint"]
+
+
+def _listening(host: str) -> socket.socket:
+    """Another process's listener on a free port of ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.bind((host, 0))
+    holder.listen(1)
+    return holder
+
+
+@pytest.mark.parametrize("hosts", [["127.0.0.1"], ["localhost"], ["127.0.0.1", "192.0.2.1"]])
+def test_a_port_in_use_names_only_the_addresses_asked_for(hosts: list[str]) -> None:
+    holder = _listening("127.0.0.1")
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError) as caught:
+            bind_all(hosts, port)
+    finally:
+        holder.close()
+    message = caught.value.message
+    assert message.startswith(f"cannot bind 127.0.0.1:{port}: Address already in use")
+    assert "another process listens there" in message
+    for unasked in ("::1", "0.0.0.0", "::,", "loopback-capable"):
+        assert unasked not in message
+
+
+def test_hosts_without_any_loopback_address_say_what_to_add() -> None:
+    with pytest.raises(ConfigError) as caught:
+        bind_all(["192.0.2.1"], 0)  # TEST-NET: on no interface, so the bind fails
+    assert "no loopback-capable address among the hosts to bind" in caught.value.message
+    assert "add 127.0.0.1" in caught.value.message

@@ -44,11 +44,23 @@ models:
     assert "exactly one source" in joined
 
 
-def test_broken_yaml_keeps_the_builtins(tmp_path: Path) -> None:
-    write(tmp_path, "models: [unclosed\n")
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("models: [unclosed\n", "line 2, column 1"),
+        ("models:\n  mine:\n    ctx: 2048\n   url: x\n", "line 4, column 4"),
+        ("models:\n\tmine: {}\n", "line 2, column 1"),
+        ("models:\n  mine:\n    description: *S3cretValue\n", "line 3, column 18"),
+    ],
+)
+def test_broken_yaml_keeps_the_builtins_and_says_where(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    write(tmp_path, text)
     catalog = load_catalog(tmp_path)
     assert "smollm2-135m-instruct" in catalog.entries
-    assert "not valid YAML" in catalog.warnings[0]
+    assert f"catalog.yaml, {where}: not valid YAML" in catalog.warnings[0]
+    assert "S3cretValue" not in catalog.warnings[0]  # PyYAML's text can quote the file
 
 
 def test_operator_override_merges_over_a_builtin(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_local_weights_must_exist(tmp_path: Path) -> None:
     assert "file w.gguf is missing" in refusal(
         {"name": "m", "local_path": str(root / "mine"), "file": "w.gguf"}, [root]
     )
-    assert "name the weights" in refusal({"name": "m", "local_path": str(root / "mine")}, [root])
+    assert "holds no .gguf file" in refusal({"name": "m", "local_path": str(root / "mine")}, [root])
     (root / "mine" / "only.gguf").write_bytes(b"GGUF")
     assert make({"name": "m", "local_path": str(root / "mine")}, [root]).local_path is not None
 
@@ -266,3 +266,35 @@ def test_check_local_file_refuses_bastion_home_when_given_it(tmp_path: Path) -> 
     beside.mkdir()
     (beside / "w.gguf").write_bytes(b"GGUF")
     assert check_local_file(beside, "w.gguf", [tmp_path], home) == (beside / "w.gguf").resolve()
+
+
+@pytest.mark.parametrize(
+    ("extra", "completion_only"),
+    [
+        ({}, False),  # undeclared: the weights decide at load
+        ({"tags": ["base"]}, True),
+        ({"tags": ["small", "base"], "use_cases": ["chat"]}, True),  # the tag wins
+        ({"use_cases": ["completion"]}, True),
+        ({"use_cases": ["completion", "code"]}, True),
+        ({"use_cases": ["completion", "chat"]}, False),
+        ({"use_cases": ["code"]}, False),
+        ({"tags": ["basement"]}, False),
+    ],
+)
+def test_completion_only_is_what_the_entry_declares(
+    extra: dict[str, Any], completion_only: bool
+) -> None:
+    assert make({"name": "m", "url": URL, **extra}).completion_only is completion_only
+
+
+def test_a_catalog_chat_template_makes_a_base_model_chat(tmp_path: Path) -> None:
+    (tmp_path / "w.gguf").write_bytes(b"GGUF")
+    (tmp_path / "chat.jinja").write_text("{{ messages[-1]['content'] }}")
+    entry = {"name": "m", "local_path": str(tmp_path), "tags": ["base"]}
+    assert make(entry, [tmp_path]).completion_only
+    assert not make({**entry, "chat_template": "chat.jinja"}, [tmp_path]).completion_only
+
+
+def test_builtins_say_which_is_chat_and_which_completion_only() -> None:
+    assert not BUILTIN_MODELS["smollm2-135m-instruct"].completion_only
+    assert BUILTIN_MODELS["gemma3-270m"].completion_only

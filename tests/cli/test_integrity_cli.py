@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from bastion.cli.integrity import app
 from tests.conftest import bastion_command
 
 MODEL = "smollm2-135m-instruct"
@@ -37,3 +40,14 @@ def test_check_fails_on_a_flipped_byte_and_passes_when_restored(tmp_path: Path) 
         handle.seek(5000)
         handle.write(original)
     assert bastion_command(env, "integrity", "check").returncode == 0
+
+
+def test_check_says_how_to_register_deployed_files_today(home: Path) -> None:
+    """No `bastion deploy` exists: the note names the file to write and its shape."""
+    result = CliRunner().invoke(app, ["check", "--json"])
+    assert result.exit_code == 0, result.output
+    notes = " ".join(json.loads(result.stdout)["notes"])
+    assert "bastion deploy" not in notes
+    assert str(home / "integrity" / "deployed.json") in notes
+    assert '"path"' in notes
+    assert '"canonical"' in notes

@@ -208,3 +208,79 @@ def test_a_directory_symlink_that_stays_inside_the_roots_is_added_and_pulled(
     assert pulled.returncode == 0, pulled.stderr
     assert (home / "models" / "mine" / "CHECKSUMS.sha256").is_file()
     assert "local" in run(home, "list", env=env).stdout
+
+
+def test_list_and_show_say_which_model_is_completion_only(home: Path) -> None:
+    listing = run(home, "list")
+    assert listing.returncode == 0, listing.stderr
+    note = next(ln for ln in listing.stdout.splitlines() if "completion only" in ln)
+    assert "gemma3-270m" in note
+    assert "smollm2" not in note
+    assert "/v1/completions" in note
+    assert "completion_only: true" in run(home, "show", "gemma3-270m").stdout
+    assert "completion_only" not in run(home, "show", "smollm2-135m-instruct").stdout
+
+
+HTTP_URL = "http://mirror.example/m.gguf"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["m", "--url", HTTP_URL, "--sha256", "ab" * 32],
+        ["m", "--url", "http://10.0.0.5:8080/weights/m.gguf?x=1", "--sha256", "ab" * 32],
+        ["--from-file", "FILE"],
+    ],
+)
+def test_add_refuses_a_plain_http_url_that_pull_would_refuse(
+    home: Path, tmp_path: Path, entry: list[str]
+) -> None:
+    spec = tmp_path / "entry.yaml"
+    spec.write_text(f"name: m\nurl:\n  url: {HTTP_URL}\n  sha256: {'ab' * 32}\n")
+    result = run(home, "add", *[str(spec) if a == "FILE" else a for a in entry])
+    assert result.returncode == 2
+    assert result.stderr.startswith("bastion: refusing a plain-http URL")
+    assert "store.allow_http" in result.stderr
+    assert not (home / "catalog.yaml").exists()
+
+
+def test_add_takes_a_plain_http_url_when_the_store_allows_http(home: Path) -> None:
+    result = run(
+        home,
+        "add",
+        "m",
+        "--url",
+        HTTP_URL,
+        "--sha256",
+        "ab" * 32,
+        env={"BASTION_STORE__ALLOW_HTTP": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert HTTP_URL in (home / "catalog.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ([], "holds no .gguf file: put the weights there, or name them with 'file'"),
+        (["a.gguf", "b.gguf"], "holds 2 .gguf files (a.gguf, b.gguf): name the weights with"),
+    ],
+)
+def test_a_local_directory_without_one_gguf_says_so_in_plain_words(
+    home: Path, tmp_path: Path, files: list[str], message: str
+) -> None:
+    root = tmp_path / "models"
+    (root / "mine").mkdir(parents=True)
+    for name in files:
+        (root / "mine" / name).write_bytes(b"GGUF")
+    result = run(
+        home,
+        "add",
+        "mine",
+        "--local-path",
+        str(root / "mine"),
+        env={"BASTION_STORE__ALLOWED_ROOTS": f'["{root}"]'},
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "none .gguf" not in result.stderr

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -80,7 +81,8 @@ def test_delete_refuses_local_models_with_409(shared_home: Path, tmp_path: Path)
         catalog.write_text(yaml.safe_dump(data))
 
 
-def test_pull_then_serve_gemma_offline(shared_home: Path) -> None:
+def test_pull_then_serve_gemma_offline_completion_only(shared_home: Path) -> None:
+    """A base model completes; chat is refused by name instead of answering in ChatML."""
     env = {"BASTION_HOME": str(shared_home), "HF_HUB_OFFLINE": "1"}
     pulled = bastion_models(env, "pull", "gemma3-270m")
     assert pulled.returncode == 0, pulled.stderr
@@ -88,12 +90,42 @@ def test_pull_then_serve_gemma_offline(shared_home: Path) -> None:
     try:
         models = httpx.get(f"{server.v1}/models").json()["data"]
         assert [m["id"] for m in models] == ["gemma3-270m"]
-        reply = server.client(timeout=120).completions.create(
+        assert models[0]["capabilities"]["chat"] is False
+        client = server.client(timeout=120)
+        reply = client.completions.create(
             model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0
         )
         assert reply.choices[0].text.strip()
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    model="gemma3-270m",
+                    messages=[{"role": "user", "content": "What is 2+2?"}],
+                    max_tokens=8,
+                    stream=stream,
+                )
+            error = refused.value.body
+            assert isinstance(error, dict)
+            assert (error["code"], error["param"]) == ("model_not_chat", "model")
+            assert "gemma3-270m" in error["message"]
+            assert "/v1/completions" in error["message"]
+        assert "gemma3-270m is completion only (the catalog marks it" in server.log_text()
     finally:
         server.stop()
+
+
+def test_the_chat_model_still_chats(server: Server) -> None:
+    card = httpx.get(f"{server.v1}/models").json()["data"][0]
+    assert card["capabilities"] == {"chat": True, "completion": True}
+    reply = server.client(timeout=120).chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "What is 2+2? Answer with the number."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    text = reply.choices[0].message.content or ""
+    assert "<|im_" not in text
+    assert text.strip()
 
 
 def test_a_url_model_pulls_from_a_mirror_and_serves(

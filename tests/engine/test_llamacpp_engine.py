@@ -10,7 +10,7 @@ import pytest
 
 from bastion.engine.base import ChatMessage, Chunk, GenerationParams, SamplingParams
 from bastion.engine.llamacpp import LlamaCppEngine
-from bastion.errors import ContextLengthExceededError
+from bastion.errors import ContextLengthExceededError, InvalidParameterError
 from bastion.settings import EngineSettings
 
 CTX = 1024
@@ -349,3 +349,101 @@ def test_chat_content_cannot_write_control_tokens_but_a_raw_prompt_can(
     tokens = engine._tokenize_prompt(GenerationParams(messages=spoof))
     honest = engine._tokenize_prompt(GenerationParams(messages=ask("hi")))
     assert tokens.count(1) == honest.count(1)
+
+
+def greedy_ids(engine: LlamaCppEngine, prompt: str, n: int, **sampling: object) -> list[int]:
+    """The token ids a greedy run emits (read back from its logprobs' raw bytes)."""
+    model = engine._model
+    assert model is not None
+    chunks = asyncio.run(
+        collect(
+            engine,
+            GenerationParams(
+                prompt=prompt,
+                sampling=SamplingParams(temperature=0.0, **sampling),  # type: ignore[arg-type]
+                max_tokens=n,
+                logprobs=0,
+            ),
+        )
+    )
+    raw = b"".join(bytes(lp.bytes) for c in chunks for lp in c.logprobs)
+    return model.tokenize(raw.decode("utf-8", errors="replace"), add_special=False)
+
+
+def test_logit_bias_plus_100_forces_a_token(engine: LlamaCppEngine) -> None:
+    model = engine._model
+    assert model is not None
+    for word in (" banana", " Paris", "42"):
+        (token, *_) = model.tokenize(word, add_special=False)
+        piece = model.piece(token).decode()
+        for sampling in (GREEDY, SamplingParams(temperature=1.0, seed=3, logit_bias=())):
+            forced = SamplingParams(
+                temperature=sampling.temperature, seed=sampling.seed, logit_bias=((token, 100),)
+            )
+            text, _ = run(engine, prompt="Once upon a time", sampling=forced, max_tokens=3)
+            assert text == piece * 3, (word, text)
+
+
+def test_logit_bias_minus_100_bans_the_greedy_token(engine: LlamaCppEngine) -> None:
+    for prompt in ("Once upon a time", "The capital of France is", "1, 2, 3,"):
+        plain, _ = run(engine, prompt=prompt, sampling=GREEDY, max_tokens=4)
+        (first, *_) = greedy_ids(engine, prompt, 1)
+        banned = SamplingParams(temperature=0.0, logit_bias=((first, -100),))
+        text, _ = run(engine, prompt=prompt, sampling=banned, max_tokens=4)
+        assert text != plain
+        assert first not in greedy_ids(engine, prompt, 4, logit_bias=((first, -100),))
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused(engine: LlamaCppEngine) -> None:
+    model = engine._model
+    assert model is not None
+    for token in (model.n_vocab, model.n_vocab + 1, 2**31 - 1):
+        bias = SamplingParams(temperature=0.0, logit_bias=((1, 5), (token, 1)))
+        with pytest.raises(InvalidParameterError) as info:
+            run(engine, prompt="hi", sampling=bias, max_tokens=1)
+        assert info.value.param == "logit_bias"
+    last_id = SamplingParams(temperature=0.0, logit_bias=((model.n_vocab - 1, -1),))
+    assert run(engine, prompt="hi", sampling=last_id, max_tokens=1)[1].completion_tokens == 1
+
+
+def test_logprob_bytes_are_each_tokens_raw_bytes(engine: LlamaCppEngine) -> None:
+    # SmolLM2 answers this in Thai, each character split over two byte-level tokens.
+    chunks = asyncio.run(
+        collect(
+            engine,
+            GenerationParams(
+                prompt="Japanese word for thank you: ", sampling=GREEDY, max_tokens=8, logprobs=3
+            ),
+        )
+    )
+    text = "".join(c.text for c in chunks)
+    chosen = [lp for c in chunks for lp in c.logprobs]
+    raw = [bytes(lp.bytes) for lp in chosen]
+    assert b"".join(raw).decode() == text
+    split = [b for b in raw if b.decode("utf-8", errors="replace") != b.decode(errors="ignore")]
+    assert len(split) >= 2, raw  # the prompt still splits characters over tokens
+    alternatives = [a for lp in chosen for a in lp.top]
+    assert any(bytes(a.bytes).decode(errors="replace") == "\ufffd" for a in alternatives)
+    for item in [*chosen, *alternatives]:
+        assert item.bytes != (239, 191, 189)  # the replacement character's own bytes
+        assert bytes(item.bytes).decode("utf-8", errors="replace") == item.token
+
+
+def test_default_and_hard_limit_on_max_tokens(smollm2_file: Path) -> None:
+    settings = EngineSettings(
+        threads=2, slots=1, ctx_per_slot=256, default_max_tokens=5, max_tokens_limit=16
+    )
+    capped = LlamaCppEngine("smollm2", smollm2_file, "0" * 64, settings)
+    asyncio.run(capped.start())
+    try:
+        for prompt in ({"prompt": "Tell a long story."}, {"messages": ask("Tell a long story.")}):
+            _, last = run(capped, **prompt, sampling=GREEDY)
+            assert (last.finish_reason, last.completion_tokens) == ("length", 5)
+            _, last = run(capped, **prompt, sampling=GREEDY, max_tokens=16)
+            assert last.completion_tokens == 16
+            for too_many in (17, 200, 10_000):
+                with pytest.raises(InvalidParameterError) as info:
+                    run(capped, **prompt, sampling=GREEDY, max_tokens=too_many)
+                assert info.value.param == "max_tokens"
+    finally:
+        asyncio.run(capped.close())

@@ -31,6 +31,7 @@ def test_builtin_imports_with_a_manifest_and_verifies(tmp_path: Path, name: str)
     assert local.sha256 == model.package.sha256
     assert read_manifest(directory).entries == {model.package.file: model.package.sha256}
     assert oct(local.weights.stat().st_mode & 0o777) == "0o600"
+    assert local.completion_only is (name == GEMMA3)  # the catalog's base tag reaches serving
 
 
 def test_gemma_is_assembled_from_its_four_part_packages() -> None:

@@ -81,6 +81,7 @@ def create_app(
             engine,
             chat_template=model.chat_template,
             identity=model.identity,
+            completion_only=model.completion_only,
         )
 
     @asynccontextmanager

@@ -2,11 +2,15 @@
 
 Validation happens here once, with bounds on every numeric field; ``to_generation_params``
 turns a request into the frozen dataclasses the engine uses. Unknown fields are accepted (the
-SDKs send many) and logged by the route.
+SDKs send many) and logged by the route; OpenAI parameters this server does not implement are
+refused by name (``REFUSED``) rather than silently ignored.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +21,9 @@ from bastion.errors import InvalidParameterError
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 4096
+MAX_LOGIT_BIAS = 300
+"""OpenAI's own limit on logit_bias entries."""
+_TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,9}")
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
 
@@ -25,6 +32,53 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 TokenCount = Annotated[int, Field(ge=1, le=1_048_576)]
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+def _no_tools(value: Any) -> bool:
+    return value is None or value == []
+
+
+def _text_only(value: Any) -> bool:
+    return value is None or value == ["text"]
+
+
+def _text_format(value: Any) -> bool:
+    return value is None or value == {"type": "text"}
+
+
+def _no_tool_choice(value: Any) -> bool:
+    return value is None or value == "none"
+
+
+def _not_stored(value: Any) -> bool:
+    return value is None or value is False
+
+
+REFUSED: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType(
+    {
+        # name -> (values that ask for nothing this server lacks, why others are refused)
+        "functions": (_unset, "function calling is not supported"),
+        "function_call": (_unset, "function calling is not supported"),
+        "tools": (_no_tools, "tool calling is not supported"),
+        "tool_choice": (_no_tool_choice, "tool calling is not supported"),
+        "parallel_tool_calls": (_unset, "tool calling is not supported"),
+        "response_format": (_text_format, "only response_format type 'text' is supported"),
+        "audio": (_unset, "audio output is not supported"),
+        "modalities": (_text_only, "only the 'text' modality is supported"),
+        "prediction": (_unset, "predicted outputs are not supported"),
+        "web_search_options": (_unset, "web search is not supported"),
+        "reasoning_effort": (_unset, "this model has no reasoning-effort setting"),
+        "verbosity": (_unset, "this model has no verbosity setting"),
+        "store": (_not_stored, "this server does not store completions"),
+    }
+)
+"""OpenAI parameters that would change the answer if honoured: any value but the harmless ones
+is a 400 naming the parameter, so a client never believes it got what it asked for."""
 
 
 class TextPart(BaseModel):
@@ -81,6 +135,28 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=512)
+    logit_bias: Annotated[dict[str, Bias], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, (harmless, reason) in REFUSED.items():
+                if name in data and not harmless(data[name]):
+                    raise InvalidParameterError(
+                        f"'{name}' is not supported by this server: {reason}", param=name
+                    )
+        return data
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not _TOKEN_ID.fullmatch(key) or int(key) >= 2**31:
+                raise ValueError(
+                    'keys must be token ids written as decimal integers, e.g. {"1234": -100}'
+                )
+        return value
 
     @field_validator("n")
     @classmethod
@@ -111,6 +187,7 @@ class _SamplingFields(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0,
             seed=self.seed,
+            logit_bias=tuple((int(k), v) for k, v in (self.logit_bias or {}).items()),
         )
 
     def stops(self) -> tuple[str, ...]:
@@ -127,20 +204,12 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameterError(
                 "top_logprobs requires logprobs to be true", param="top_logprobs"
-            )
-        if self.tools:
-            raise InvalidParameterError("tools are not supported by this server", param="tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise InvalidParameterError(
-                "only response_format type 'text' is supported", param="response_format"
             )
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import signal
@@ -40,7 +41,12 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+        hint = (
+            " (another process listens there: stop it or choose another port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}{hint}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -58,20 +64,26 @@ def bind_all(hosts: list[str], port: int) -> list[socket.socket]:
             "disabled (BASTION_DISABLE_AUTH=1)"
         )
     sockets: list[socket.socket] = []
+    failed: list[str] = []
     for host in hosts:
         try:
             sockets.append(bind("127.0.0.1" if host == "localhost" else host, port))
         except ConfigError as exc:
             if host in LOOPBACK_CAPABLE:
-                log.error("%s", exc.message)  # noqa: TRY400 - the message says it all
+                failed.append(exc.message)
             else:
                 log.warning("%s; skipping it (it may come up later)", exc.message)
     if not any(h in LOOPBACK_CAPABLE for h in _bound_hosts(sockets)):
         for sock in sockets:
             sock.close()
+        if failed:  # name what the operator asked for and why it failed, nothing else
+            raise ConfigError("; ".join(failed) + "; not starting")
         raise ConfigError(
-            "no loopback-capable address (127.0.0.1, ::1, 0.0.0.0, ::) could be bound; not starting"
+            "no loopback-capable address among the hosts to bind (add 127.0.0.1, ::1, 0.0.0.0 "
+            "or ::); not starting"
         )
+    for message in failed:
+        log.error("%s", message)
     return sockets
 
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from bastion.catalog.model_def import BUILTIN_MODELS, ModelDef
 from bastion.errors import InvalidParameterError, ModelConflictError, ModelNotFoundError
+from bastion.settings import yaml_error_where
 
 log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.yaml"
@@ -168,9 +169,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise CatalogFileError(
-            f"{path}: not valid YAML ({exc.__class__.__name__}); ignored"
-        ) from None
+        raise CatalogFileError(f"{path}{yaml_error_where(exc)}; ignored") from None
     models = data.get("models", {}) if isinstance(data, dict) else None
     if not isinstance(models, dict):
         raise CatalogFileError(f"{path}: expected 'models:' with one mapping per model; ignored")

@@ -68,6 +68,11 @@ class UrlSource(_Strict):
     def file_name(self) -> str:
         return self.file or PurePosixPath(self.url.split("?", 1)[0]).name
 
+    @property
+    def plain_http(self) -> bool:
+        """Fetched without TLS: ``models add`` and ``pull`` refuse it unless store.allow_http."""
+        return self.url.startswith("http://")
+
 
 class ModelDef(_Strict):
     name: str = Field(description=RULE, json_schema_extra={"pattern": NAME_PATTERN})
@@ -139,10 +144,15 @@ class ModelDef(_Strict):
             check_local_file(self.local_path, self.file)
             return self
         ggufs = sorted(p.name for p in self.local_path.glob("*.gguf"))
-        if len(ggufs) != 1:
-            found = ", ".join(ggufs) or "none"
+        if not ggufs:
             raise ValueError(
-                f"name the weights with 'file': {self.local_path} holds {found} .gguf files"
+                f"{self.local_path} holds no .gguf file: put the weights there, or name them "
+                "with 'file'"
+            )
+        if len(ggufs) > 1:
+            raise ValueError(
+                f"{self.local_path} holds {len(ggufs)} .gguf files ({', '.join(ggufs)}): name "
+                "the weights with 'file'"
             )
         check_local_file(self.local_path, ggufs[0])
         return self
@@ -163,6 +173,16 @@ class ModelDef(_Strict):
             if os.path.lexists(self.local_path / path):
                 check_local_file(self.local_path, path)
         return self
+
+    @property
+    def completion_only(self) -> bool:
+        """The entry declares a base model (tagged ``base``, or used for completion and not
+        chat) and gives it no ``chat_template``: it continues text and refuses chat. A model
+        the catalog does not declare is completion only when its weights carry no template."""
+        declared = "base" in self.tags or (
+            "completion" in self.use_cases and "chat" not in self.use_cases
+        )
+        return declared and self.chat_template is None
 
     @property
     def source_kind(self) -> str:

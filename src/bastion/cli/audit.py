@@ -8,13 +8,14 @@ from typing import Annotated
 
 import typer
 
+from bastion.cli.help import PlainCommand, new_app
 from bastion.integrity.signing import PublicKey, SignatureError
 from bastion.integrity.trust import keys_dir
 from bastion.security.audit_verify import ChainProblem, read_checkpoints, verify_home
 from bastion.security.checkpoints import Checkpoint
 from bastion.settings import home_dir
 
-app = typer.Typer(help="Check the audit log.", no_args_is_help=True)
+app = new_app("Check the audit log.")
 
 
 def _keys(paths: list[Path], home: Path) -> list[PublicKey]:
@@ -34,7 +35,7 @@ def _keys(paths: list[Path], home: Path) -> list[PublicKey]:
     return keys
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def verify(
     checkpoint: Annotated[
         list[Path] | None,

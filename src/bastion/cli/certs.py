@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
+from bastion.cli.help import PlainCommand, new_app
 from bastion.errors import InvalidNameError
 from bastion.security.tls import CertificateError, init_ca, issue, list_certs, revoke
 from bastion.settings import ensure_dir, home_dir
 
-app = typer.Typer(help="Certificates for HTTPS and mutual TLS.", no_args_is_help=True)
+app = new_app("Certificates for HTTPS and mutual TLS.")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -19,8 +20,10 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-@app.command()
-def init(force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = False) -> None:
+@app.command(cls=PlainCommand)
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA.")] = False,
+) -> None:
     """Create the CA (EC P-256, 5 years; key 0600) and an empty revocation list."""
     try:
         issued = init_ca(ensure_dir(home_dir()), force=force)
@@ -29,7 +32,7 @@ def init(force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = 
     typer.echo(f"CA: {issued.cert} (give this to clients), key {issued.key}")
 
 
-@app.command("issue")
+@app.command("issue", cls=PlainCommand)
 def issue_command(
     cn: str,
     server: Annotated[bool, typer.Option("--server", help="A server certificate.")] = False,
@@ -37,8 +40,9 @@ def issue_command(
     force: Annotated[
         bool,
         typer.Option(
+            "--force",
             help="Replace an existing certificate and key of that name (a replaced client "
-            "certificate is revoked)."
+            "certificate is revoked).",
         ),
     ] = False,
 ) -> None:
@@ -55,7 +59,7 @@ def issue_command(
         typer.echo("the certificate it replaces is revoked (tls/crl.pem)")
 
 
-@app.command("revoke")
+@app.command("revoke", cls=PlainCommand)
 def revoke_command(cn: str) -> None:
     """Revoke the client certificate of CN: the HTTPS listener refuses it from its next
     handshake on (the CA-signed list is tls/crl.pem)."""
@@ -68,7 +72,7 @@ def revoke_command(cn: str) -> None:
     typer.echo(f"revoked the certificate of '{cn}'" if added else f"'{cn}' was already revoked")
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_command() -> None:
     """Every certificate with its CN, expiry and whether it is revoked."""
     for cert in list_certs(home_dir()):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from bastion.catalog import load_catalog
+from bastion.cli.help import PlainCommand, new_app
 from bastion.errors import BastionError
 from bastion.integrity.drift import (
     DEPLOYED_NAME,
@@ -24,10 +25,10 @@ from bastion.settings import ensure_dir, home_dir, load_settings
 from bastion.store.package import verify_local
 from bastion.store.pull import state
 
-app = typer.Typer(help="Check models and the environment for drift.", no_args_is_help=True)
+app = new_app("Check models and the environment for drift.")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def freeze() -> None:
     """Record the Python environment (pip freeze --all, *.pth digests) as the reference."""
     home = ensure_dir(home_dir())
@@ -36,7 +37,7 @@ def freeze() -> None:
     typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
@@ -69,7 +70,12 @@ def check(
     registry = home / "integrity" / DEPLOYED_NAME
     report["deployed_files"] = deployed_drift(registry)
     if not registry.is_file():
-        report["notes"].append("deployed files: none registered (bastion deploy registers them)")
+        # No command writes this list yet: say how to write it by hand.
+        report["notes"].append(
+            f"deployed files not checked: none registered; to watch copies you deploy (a "
+            f"systemd unit, bastion.yaml), list them in {registry} as "
+            '[{"path": "<deployed copy>", "canonical": "<reference copy>"}]'
+        )
     failures = (
         [f"model {n}: {m['problem']}" for n, m in report["models"].items() if not m["ok"]]
         + [f"environment: {p}" for p in report["environment"]]

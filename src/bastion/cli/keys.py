@@ -6,17 +6,18 @@ from typing import Annotated
 
 import typer
 
+from bastion.cli.help import PlainCommand, new_app
 from bastion.security.api_keys import INFERENCE, SCOPES, KeyStore, KeyStoreError, parse_scopes
 from bastion.settings import ensure_dir, home_dir
 
-app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app = new_app("Create, list and revoke API keys.")
 
 
 def _store() -> KeyStore:
     return KeyStore(ensure_dir(home_dir()))
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def create(
     name: str,
     scope: Annotated[
@@ -43,7 +44,7 @@ def create(
     )
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_keys() -> None:
     """Key names, creation times, scopes and whether they are revoked (never the keys)."""
     for key in _store().all():
@@ -52,7 +53,7 @@ def list_keys() -> None:
         typer.echo(f"{key.name:<24} {key.created}  {status:<8} {scopes}")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def revoke(name: str) -> None:
     """Revoke a key; it stops working at once, also on a running server."""
     try:

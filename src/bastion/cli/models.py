@@ -14,13 +14,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from bastion.catalog import Catalog, ModelDef, load_catalog
+from bastion.cli.help import PlainCommand, new_app
 from bastion.errors import BastionError, InvalidParameterError
 from bastion.integrity.manifest import ManifestError
 from bastion.settings import Settings, ensure_dir, home_dir, load_settings
 from bastion.store.package import verify_local
 from bastion.store.pull import apply_offline, disk_usage, pull, remove, state
 
-app = typer.Typer(help="List, add, pull and remove models.", no_args_is_help=True)
+app = new_app("List, add, pull and remove models.")
 out = Console()
 err = Console(stderr=True)
 PEER_ENGINES = ("llama-server", "vllm", "mlx_lm.server", "sglang")
@@ -32,12 +33,12 @@ def _open() -> tuple[Settings, Path, Catalog]:
     apply_offline(settings.store)
     catalog = load_catalog(home, settings.store.allowed_roots)
     for warning in catalog.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"bastion: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     return settings, home, catalog
 
 
 def _fail(exc: BastionError, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc.message}")
+    err.print(f"bastion: {exc.message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -60,9 +61,10 @@ def _verified(home: Path, model: ModelDef) -> str:
     return "yes"
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_models() -> None:
-    """Table of models: name, source, size on disk, state, verified."""
+    """Table of models: name, source, size on disk, state, verified; then which are
+    completion only."""
     _, home, catalog = _open()
     table = Table("name", "source", "size", "state", "verified")
     for model in catalog:
@@ -74,9 +76,13 @@ def list_models() -> None:
             _verified(home, model),
         )
     out.print(table)
+    # A note, not a column: the table already fills an 80-column terminal.
+    base = [model.name for model in catalog if model.completion_only]
+    if base:
+        out.print(f"completion only (no chat; use /v1/completions): {', '.join(base)}")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def show(name: str) -> None:
     """The catalog entry of NAME with its state on disk."""
     _, home, catalog = _open()
@@ -88,10 +94,12 @@ def show(name: str) -> None:
     entry["state"] = state(home, model)
     entry["size"] = _size(disk_usage(home, model))
     entry["builtin"] = catalog.is_builtin(name)
+    if model.completion_only:
+        entry["completion_only"] = True
     out.print(yaml.safe_dump(entry, sort_keys=False).rstrip())
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def add(
     name: Annotated[str | None, typer.Argument(help="Model name.")] = None,
     local_path: Annotated[Path | None, typer.Option(help="Directory used in place.")] = None,
@@ -106,11 +114,12 @@ def add(
     ctx: Annotated[int | None, typer.Option(help="Context length.")] = None,
     from_file: Annotated[Path | None, typer.Option(help="YAML file with the entry.")] = None,
     force: Annotated[
-        bool, typer.Option(help="Replace an existing entry; a new source discards its files.")
+        bool,
+        typer.Option("--force", help="Replace an existing entry; a new source discards its files."),
     ] = False,
 ) -> None:
     """Add a model to the catalog; the whole entry is checked before anything is written."""
-    _, _, catalog = _open()
+    settings, _, catalog = _open()
     data: dict[str, Any] = {}
     if from_file is not None:
         try:
@@ -141,20 +150,29 @@ def add(
     if ctx is not None:
         data["ctx"] = ctx
     try:
+        # Refused here, not first at pull time: an entry that can never be pulled is a trap.
+        candidate = catalog.validate(data)
+        if candidate.url is not None and candidate.url.plain_http and not settings.store.allow_http:
+            raise InvalidParameterError(
+                "refusing a plain-http URL: the weights would travel unencrypted; use https, "
+                "or set store.allow_http in bastion.yaml",
+                param="url",
+            )
         model = catalog.add(data, replace=force)
     except BastionError as exc:
         raise _fail(exc, 2) from None
     out.print(f"added {model.name} ({model.source_kind}) to {catalog.path}")
 
 
-@app.command("pull")
+@app.command("pull", cls=PlainCommand)
 def pull_command(
     name: str,
     trust: Annotated[
         bool,
         typer.Option(
+            "--trust",
             help="Sign a package model that pins no sha256 with the server key: you vouch "
-            "for its file."
+            "for its file.",
         ),
     ] = False,
 ) -> None:
@@ -180,7 +198,7 @@ def pull_command(
     out.print(f"pulled {name} into {directory}")
 
 
-@app.command("rm")
+@app.command("rm", cls=PlainCommand)
 def rm(name: str) -> None:
     """Delete NAME's pulled files (local models are never deleted) and its own entry."""
     _, home, catalog = _open()
@@ -194,7 +212,7 @@ def rm(name: str) -> None:
     out.print(f"removed {name}" + ("" if removed else " (no files were pulled)"))
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def du() -> None:
     """Disk used by each model and in total."""
     _, home, catalog = _open()
@@ -220,7 +238,7 @@ def _version_of(binary: str) -> str:
     return text[0][:80] if text else "present (version unknown)"
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def backends() -> None:
     """Which engines are usable here: embedded llama.cpp and peers on PATH."""
     import llama_cpp  # noqa: PLC0415 - loading llama.cpp is slow; only this verb needs it
@@ -233,7 +251,7 @@ def backends() -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def suggest(
     use_case: Annotated[str, typer.Option(help="chat, code, completion or embedding.")] = "chat",
 ) -> None:
@@ -241,7 +259,7 @@ def suggest(
     _, home, catalog = _open()
     fits = [m for m in catalog if use_case in m.use_cases]
     if not fits:
-        err.print(f"no model in the catalog is tagged for {use_case!r}")
+        err.print(f"bastion: no model in the catalog is tagged for {use_case!r}")
         raise typer.Exit(1)
     for model in sorted(fits, key=lambda m: (state(home, m) != "pulled", m.name)):
         out.print(f"{model.name:<28} {state(home, model):<11} {model.description}")

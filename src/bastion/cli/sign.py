@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from bastion.cli.help import PlainCommand, new_app
 from bastion.integrity.signing import PublicKey, SignatureError
 from bastion.integrity.trust import (
     IntegrityError,
@@ -22,25 +23,52 @@ from bastion.integrity.trust import (
 )
 from bastion.settings import ensure_dir, home_dir
 
-app = typer.Typer(help="Sign model manifests and verify them.", no_args_is_help=True)
+app = new_app("Sign model manifests and verify them.")
 
 
-@app.command()
-def keygen(force: Annotated[bool, typer.Option(help="Replace an existing key.")] = False) -> None:
-    """Create this server's signing key (0600) and trust its public key."""
+@app.command(cls=PlainCommand)
+def keygen(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing key (signatures made with the old one stop verifying "
+            "unless its public key stays trusted).",
+        ),
+    ] = False,
+) -> None:
+    """Create this server's signing key (0600) and trust its public key. The first `bastion
+    serve` creates one too: then this shows that key and exits 0."""
     home = ensure_dir(home_dir())
+    private, public = keys_dir(home) / "signing.key", keys_dir(home) / "signing.pub"
+    if private.exists() and not force:
+        # The state the operator asked for already holds: say which key, exit 0.
+        try:
+            existing = local_key(home)
+        except (OSError, SignatureError):
+            typer.echo(
+                f"bastion: {private} exists but is not a readable minisign secret key; "
+                "pass --force to replace it",
+                err=True,
+            )
+            raise typer.Exit(2) from None
+        typer.echo(
+            f"this server already has a signing key: key ID {existing.public.id_text}, "
+            f"{private} (private, 0600), {public} (minisign public key); "
+            "--force replaces it"
+        )
+        return
     try:
         key = generate_key(home, force=force)
     except IntegrityError as exc:
         typer.echo(f"bastion: {exc.message}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
-        f"key {key.public.id_text}: {keys_dir(home) / 'signing.key'} (private, 0600), "
-        f"{keys_dir(home) / 'signing.pub'} (minisign public key)"
+        f"key ID {key.public.id_text}: {private} (private, 0600), {public} (minisign public key)"
     )
 
 
-@app.command("sign")
+@app.command("sign", cls=PlainCommand)
 def sign_command(directory: Path) -> None:
     """Sign DIR/CHECKSUMS.sha256 with this server's key (DIR/CHECKSUMS.sha256.minisig)."""
     home = ensure_dir(home_dir())
@@ -52,7 +80,7 @@ def sign_command(directory: Path) -> None:
     typer.echo(f"signed: {path}")
 
 
-@app.command("verify")
+@app.command("verify", cls=PlainCommand)
 def verify_command(directory: Path) -> None:
     """Check DIR's signature against the trusted keys, then every file. Exit 1 on failure."""
     home = ensure_dir(home_dir())
@@ -82,7 +110,7 @@ def verify_command(directory: Path) -> None:
     )
 
 
-@app.command("trust")
+@app.command("trust", cls=PlainCommand)
 def trust_command(public_key: Path) -> None:
     """Trust a signer's minisign public key (copied to $BASTION_HOME/keys/trusted/)."""
     home = ensure_dir(home_dir())

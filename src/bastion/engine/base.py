@@ -21,6 +21,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     """None draws a fresh seed per request; a fixed seed reproduces the same text."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before sampling; -100/+100 ban/force."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class GenerationParams:
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     max_tokens: int | None = None
-    """None generates until a stop condition or the end of the slot's context."""
+    """None: the engine's ``default_max_tokens`` (0 there: until a stop or the context's end)."""
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     """None: no logprobs; k >= 0: the sampled token's logprob plus the top k alternatives."""
@@ -86,6 +88,8 @@ class ModelInfo:
     """Tokens available to one request (prompt plus completion)."""
     created: int
     """Unix time the model was loaded."""
+    chat: bool = True
+    """Whether it takes chat messages; False: completion only (prompts, not messages)."""
 
 
 class Engine(Protocol):

@@ -32,7 +32,8 @@ from typing import Any
 from bastion.engine.base import ChatMessage
 from bastion.errors import InvalidRequestError, ModelLoadError, ServiceUnavailableError
 
-# Used when a model carries no template: ChatML, which most small instruct models speak.
+# ChatML, which most small instruct models speak: a known-good template to test with and to
+# copy into a catalog chat_template. Never a fallback: a model without one is completion only.
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

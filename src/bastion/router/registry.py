@@ -151,9 +151,11 @@ class ModelRegistry:
         if entry.state is ModelState.LOADING:
             raise ServiceUnavailableError(f"The model '{entry.model.name}' is still loading.")
         if entry.served is None or entry.state is not ModelState.READY:
-            # The reason (paths, digests) is for the operator's log, not for callers.
+            # The reason (paths, digests) is for operators, not for callers: point to where
+            # they find it.
             raise ModelLoadError(
-                f"The model '{entry.model.name}' is not available ({entry.state.value})."
+                f"The model '{entry.model.name}' is not available ({entry.state.value}). "
+                "Operators: the reason is in the server log and at GET /api/status."
             )
         return entry.served
 

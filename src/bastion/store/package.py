@@ -60,6 +60,8 @@ class LocalModel:
     """The verified weights file's identity; the engine checks it again after loading."""
     repack: RepackSetting | None = None
     """The catalog's repack policy for this model, overriding ``engine.repack``."""
+    completion_only: bool = False
+    """The catalog declares a base model without a chat template: it refuses chat."""
 
 
 def _distribution(name: str) -> importlib.metadata.Distribution:
@@ -340,4 +342,5 @@ def verify_local(home: Path, model: ModelDef, *, require_signature: bool = False
         provenance.signer,
         before,
         model.repack,
+        completion_only=model.completion_only,
     )

@@ -13,7 +13,7 @@ from bastion.api import serving
 from bastion.api.errors import from_validation_error
 from bastion.api.jsonbody import parse_json_object
 from bastion.api.schemas import ChatCompletionRequest, CompletionRequest
-from bastion.errors import ModelNotFoundError
+from bastion.errors import ModelNotChatError, ModelNotFoundError
 from bastion.log import escape
 from bastion.router import ModelRegistry, ServedModel
 
@@ -60,6 +60,13 @@ def _audit(
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     model = _registry(request).resolve(body.model)
+    if not model.info.chat:
+        # A base model under a guessed chat format answers with the format's markers as text.
+        raise ModelNotChatError(
+            f"The model '{model.info.name}' is completion only (a base model without a chat "
+            "template): send it a prompt at /v1/completions, or use a chat model here.",
+            param="model",
+        )
     return await serving.complete_chat(model, body, request.receive, _audit(request, model, body))
 
 
@@ -81,6 +88,7 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
         "manifest_digest": f"sha256:{local.manifest_digest}",
         "signer": local.signer,
         "context_length": info.context_length,
+        "capabilities": {"chat": info.chat, "completion": True},
     }
 
 

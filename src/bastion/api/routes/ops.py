@@ -27,5 +27,8 @@ async def metrics(request: Request) -> Response:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     registry: ModelRegistry = request.app.state.registry
-    body = {"ready": registry.ready, "models": registry.states()}
+    body: dict[str, object] = {"ready": registry.ready, "models": registry.states()}
+    if not registry.ready:
+        # /ready is public: why a model failed (paths, digests) stays on the admin route.
+        body["detail"] = "why a model is not ready: GET /api/status (admin) or the server log"
     return JSONResponse(body, status_code=200 if registry.ready else 503)

@@ -25,7 +25,7 @@ from pathlib import Path
 import llama_cpp as ll
 
 from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
-from bastion.engine.chat_template import CHATML, ChatTemplate
+from bastion.engine.chat_template import ChatTemplate
 from bastion.engine.llamacpp.batch import add_token, logits_row
 from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel, repack_decision
@@ -48,8 +48,10 @@ from bastion.errors import (
     BastionError,
     ContextLengthExceededError,
     EngineError,
+    InvalidParameterError,
     InvalidRequestError,
     ModelLoadError,
+    ModelNotChatError,
     ServiceUnavailableError,
 )
 from bastion.integrity.verify import FileIdentity, file_identity
@@ -71,8 +73,10 @@ class LlamaCppEngine:
         *,
         chat_template: str | None = None,
         identity: FileIdentity | None = None,
+        completion_only: bool = False,
     ) -> None:
         self._name = name
+        self._completion_only = completion_only
         self._identity = identity
         self._chat_template = chat_template
         self._weights = weights
@@ -97,6 +101,8 @@ class LlamaCppEngine:
         self._tokenizing_lock = threading.Lock()
         """Items produced during a step, handed to the event loop together after it."""
         self._created = int(time.time())
+        self._chat = False
+        """Set at load: whether the model has a chat template to render messages with."""
 
     # ---- lifecycle (event-loop side) -------------------------------------------------
 
@@ -133,13 +139,16 @@ class LlamaCppEngine:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self._name, self._digest, self._ctx_per_slot, self._created)
+        return ModelInfo(
+            self._name, self._digest, self._ctx_per_slot, self._created, chat=self._chat
+        )
 
     # ---- requests (event-loop side) ----------------------------------------------------
 
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         if not self.ready:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
+        self._check_logit_bias(params)
         prompt = await asyncio.to_thread(self._tokenize_guarded, params)
         max_tokens = self._budget(len(prompt), params.max_tokens)
         request = Request(
@@ -156,6 +165,18 @@ class LlamaCppEngine:
         finally:
             request.cancelled = True  # stops the sequence at its next step if still running
 
+    def _check_logit_bias(self, params: GenerationParams) -> None:
+        """Token ids exist only in this model's vocabulary, so the edge cannot check them."""
+        assert self._model is not None  # noqa: S101 - guarded by ready
+        n_vocab = self._model.n_vocab
+        unknown = [token for token, _ in params.sampling.logit_bias if token >= n_vocab]
+        if unknown:
+            raise InvalidParameterError(
+                f"logit_bias names token {unknown[0]}, but this model's token ids run from 0 "
+                f"to {n_vocab - 1}",
+                param="logit_bias",
+            )
+
     def _tokenize_guarded(self, params: GenerationParams) -> list[int]:
         """Tokenise unless closing; ``_release`` waits for these before freeing the model."""
         with self._tokenizing_lock:
@@ -171,8 +192,12 @@ class LlamaCppEngine:
     def _tokenize_prompt(self, params: GenerationParams) -> list[int]:
         model, prompt = self._model, self._prompt
         assert model is not None  # noqa: S101 - guarded by ready
-        assert prompt is not None  # noqa: S101
         if params.messages is not None:
+            if prompt is None:
+                raise ModelNotChatError(
+                    f"model '{self._name}' is completion only: it takes a prompt, not messages",
+                    param="model",
+                )
             tokens = prompt.tokens(params.messages)
         else:
             # A raw completion prompt is the caller's own: its special tokens are parsed, as in
@@ -184,6 +209,13 @@ class LlamaCppEngine:
 
     def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
         limit = self._ctx_per_slot
+        cap = self._settings.max_tokens_limit
+        if cap and max_tokens is not None and max_tokens > cap:
+            raise InvalidParameterError(
+                f"max_tokens is {max_tokens}, but this server allows at most {cap} completion "
+                "tokens per request",
+                param="max_tokens",
+            )
         if n_prompt >= limit:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {limit} tokens, but the prompt has "
@@ -191,7 +223,11 @@ class LlamaCppEngine:
                 param="messages",
             )
         if max_tokens is None:
-            return limit - n_prompt
+            # Clients that send no max_tokens (the llm CLI) must not run to the end of the
+            # context by default: minutes of decoding nobody asked for.
+            room = limit - n_prompt
+            defaults = [d for d in (self._settings.default_max_tokens, cap) if d]
+            return min([room, *defaults])
         if n_prompt + max_tokens > limit:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -248,14 +284,7 @@ class LlamaCppEngine:
                 f"model '{self._name}': {self._weights.name} was replaced between "
                 "verification and load; refusing it"
             )
-        # Checked before a context exists: a template refused at load costs no KV memory.
-        self._template = ChatTemplate(
-            self._chat_template or model.chat_template() or CHATML,
-            bos_token=model.bos_text,
-            eos_token=model.eos_text,
-            model_name=self._name,
-        )
-        self._prompt = ChatPrompt(model, self._template)
+        self._load_template(model)
         ctx_per_slot = min(settings.ctx_per_slot, model.n_ctx_train or settings.ctx_per_slot)
         params = ll.llama_context_default_params()
         params.n_ctx = ctx_per_slot * settings.slots
@@ -284,6 +313,34 @@ class LlamaCppEngine:
             params.n_threads,
             time.perf_counter() - started,
         )
+
+    def _load_template(self, model: LlamaModel) -> None:
+        """The catalog's template, else the GGUF's; without one the model is completion only.
+
+        No fallback: a base model under a guessed format (ChatML) answers chat with the
+        format's markers as text, which looks like a broken server rather than a wrong model.
+        A completion-only model starts no template worker.
+        """
+        source = None if self._completion_only else self._chat_template or model.chat_template()
+        if source is None:
+            why = (
+                "the catalog marks it as a base model"
+                if self._completion_only
+                else "it carries no chat template"
+            )
+            log.info(
+                "%s is completion only (%s): /v1/chat/completions refuses it with 400; "
+                "give it a chat_template in the catalog to chat",
+                self._name,
+                why,
+            )
+            return
+        # Checked before a context exists: a template refused at load costs no KV memory.
+        self._template = ChatTemplate(
+            source, bos_token=model.bos_text, eos_token=model.eos_text, model_name=self._name
+        )
+        self._prompt = ChatPrompt(model, self._template)
+        self._chat = True
 
     def _self_test(self, model: LlamaModel) -> None:
         """Decode a fixed prompt before serving (see ``selftest``); also the warm-up."""
@@ -516,7 +573,9 @@ class LlamaCppEngine:
         logprobs: tuple[TokenLogprob, ...] = ()
         if request.params.logprobs is not None:
             logits = logits_row(self._ctx, seq.batch_index, model.n_vocab)
-            logprobs = (compute_logprobs(logits, token, request.params.logprobs, model.token_text),)
+            logprobs = (
+                compute_logprobs(logits, token, request.params.logprobs, model.token_bytes),
+            )
         text, hit = seq.stops.push(seq.utf8.push(model.piece(token)))
         if hit:
             return self._finish(seq, text, logprobs, "stop")

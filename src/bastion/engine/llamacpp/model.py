@@ -107,14 +107,19 @@ class LlamaModel:
         self._pieces[token] = piece
         return piece
 
-    def token_text(self, token: int) -> str:
-        """Text of a token for display (special tokens included, e.g. in logprobs)."""
+    def token_bytes(self, token: int) -> bytes:
+        """Raw bytes of a token, special tokens rendered (for logprobs); may be part of a
+        UTF-8 character."""
         buf = ctypes.create_string_buffer(_PIECE_BUF)
         n = ll.llama_token_to_piece(self.vocab, token, buf, _PIECE_BUF, 0, True)
         if n < 0:  # longer than the buffer: -n is its size (an empty text would go unshielded)
             buf = ctypes.create_string_buffer(-n)
             n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+        return buf.raw[: max(n, 0)]
+
+    def token_text(self, token: int) -> str:
+        """Text of a token for display (special tokens included)."""
+        return self.token_bytes(token).decode("utf-8", errors="replace")
 
     def special_texts(self) -> list[str]:
         """Texts that tokenize as control tokens only with ``parse_special``: the tokens whose

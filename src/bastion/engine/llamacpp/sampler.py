@@ -27,6 +27,16 @@ class SamplerChain:
             or params.presence_penalty != 0.0
         )
         add = ll.llama_sampler_chain_add
+        if params.logit_bias:
+            # First in the chain, as in llama-server: the bias shapes what every later stage
+            # sees. llama.cpp copies the array, so it need not outlive this call.
+            biases = (ll.llama_logit_bias * len(params.logit_bias))(
+                *(ll.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            add(
+                self._ptr,
+                ll.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases),
+            )
         if self.uses_penalties:
             add(
                 self._ptr,
@@ -68,20 +78,28 @@ class SamplerChain:
 
 
 def compute_logprobs(
-    logits: npt.NDArray[np.float32], token: int, top: int, model_text: Callable[[int], str]
+    logits: npt.NDArray[np.float32], token: int, top: int, token_bytes: Callable[[int], bytes]
 ) -> TokenLogprob:
-    """Log-softmax of the raw logits: the chosen token's logprob and the ``top`` best."""
+    """Log-softmax of the raw logits: the chosen token's logprob and the ``top`` best.
+
+    ``bytes`` is each token's own bytes, as OpenAI returns them: a token holding part of a
+    UTF-8 character shows U+FFFD in ``token`` but its real bytes, so clients can join them.
+    """
     shifted = logits.astype(np.float64) - float(logits.max())
     log_norm = math.log(float(np.exp(shifted).sum()))
     alternatives: tuple[TopLogprob, ...] = ()
     if top > 0:
         best = np.argpartition(-shifted, top - 1)[:top]
         best = best[np.argsort(-shifted[best])]
-        alternatives = tuple(_top(model_text, int(t), float(shifted[t]) - log_norm) for t in best)
-    text = model_text(token)
-    return TokenLogprob(text, float(shifted[token]) - log_norm, tuple(text.encode()), alternatives)
+        alternatives = tuple(_top(token_bytes, int(t), float(shifted[t]) - log_norm) for t in best)
+    raw = token_bytes(token)
+    return TokenLogprob(_display(raw), float(shifted[token]) - log_norm, tuple(raw), alternatives)
 
 
-def _top(model_text: Callable[[int], str], token: int, logprob: float) -> TopLogprob:
-    text = model_text(token)
-    return TopLogprob(text, logprob, tuple(text.encode()))
+def _top(token_bytes: Callable[[int], bytes], token: int, logprob: float) -> TopLogprob:
+    raw = token_bytes(token)
+    return TopLogprob(_display(raw), logprob, tuple(raw))
+
+
+def _display(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
