@@ -27,9 +27,10 @@ import llama_cpp as ll
 from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
 from bastion.engine.chat_template import ChatTemplate
 from bastion.engine.llamacpp.batch import add_token, logits_row
+from bastion.engine.llamacpp.budget import check_logit_bias, completion_budget
 from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel, repack_decision
-from bastion.engine.llamacpp.prompt import ChatPrompt
+from bastion.engine.llamacpp.prompt import ChatPrompt, request_tokens
 from bastion.engine.llamacpp.requests import (
     Item,
     Request,
@@ -46,12 +47,8 @@ from bastion.engine.llamacpp.selftest import run_self_test
 from bastion.engine.stops import StopBuffer
 from bastion.errors import (
     BastionError,
-    ContextLengthExceededError,
     EngineError,
-    InvalidParameterError,
-    InvalidRequestError,
     ModelLoadError,
-    ModelNotChatError,
     ServiceUnavailableError,
 )
 from bastion.integrity.verify import FileIdentity, file_identity
@@ -148,9 +145,12 @@ class LlamaCppEngine:
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         if not self.ready:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
-        self._check_logit_bias(params)
+        assert self._model is not None  # noqa: S101 - guarded by ready
+        check_logit_bias(params, self._model.n_vocab)
         prompt = await asyncio.to_thread(self._tokenize_guarded, params)
-        max_tokens = self._budget(len(prompt), params.max_tokens)
+        max_tokens = completion_budget(
+            len(prompt), params.max_tokens, self._ctx_per_slot, self._settings
+        )
         request = Request(
             prompt, max_tokens, params, asyncio.get_running_loop(), request_id_var.get()
         )
@@ -165,18 +165,6 @@ class LlamaCppEngine:
         finally:
             request.cancelled = True  # stops the sequence at its next step if still running
 
-    def _check_logit_bias(self, params: GenerationParams) -> None:
-        """Token ids exist only in this model's vocabulary, so the edge cannot check them."""
-        assert self._model is not None  # noqa: S101 - guarded by ready
-        n_vocab = self._model.n_vocab
-        unknown = [token for token, _ in params.sampling.logit_bias if token >= n_vocab]
-        if unknown:
-            raise InvalidParameterError(
-                f"logit_bias names token {unknown[0]}, but this model's token ids run from 0 "
-                f"to {n_vocab - 1}",
-                param="logit_bias",
-            )
-
     def _tokenize_guarded(self, params: GenerationParams) -> list[int]:
         """Tokenise unless closing; ``_release`` waits for these before freeing the model."""
         with self._tokenizing_lock:
@@ -184,58 +172,11 @@ class LlamaCppEngine:
                 raise ServiceUnavailableError("the server is shutting down")
             self._tokenizing += 1
         try:
-            return self._tokenize_prompt(params)
+            assert self._model is not None  # noqa: S101 - guarded by ready
+            return request_tokens(self._name, self._model, self._prompt, params)
         finally:
             with self._tokenizing_lock:
                 self._tokenizing -= 1
-
-    def _tokenize_prompt(self, params: GenerationParams) -> list[int]:
-        model, prompt = self._model, self._prompt
-        assert model is not None  # noqa: S101 - guarded by ready
-        if params.messages is not None:
-            if prompt is None:
-                raise ModelNotChatError(
-                    f"model '{self._name}' is completion only: it takes a prompt, not messages",
-                    param="model",
-                )
-            tokens = prompt.tokens(params.messages)
-        else:
-            # A raw completion prompt is the caller's own: its special tokens are parsed, as in
-            # llama-server (a chat turn's content never is; see ``ChatPrompt``).
-            tokens = model.tokenize(params.prompt or "", add_special=model.add_bos)
-        if not tokens:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        return tokens
-
-    def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
-        limit = self._ctx_per_slot
-        cap = self._settings.max_tokens_limit
-        if cap and max_tokens is not None and max_tokens > cap:
-            raise InvalidParameterError(
-                f"max_tokens is {max_tokens}, but this server allows at most {cap} completion "
-                "tokens per request",
-                param="max_tokens",
-            )
-        if n_prompt >= limit:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {limit} tokens, but the prompt has "
-                f"{n_prompt} tokens. Shorten the prompt.",
-                param="messages",
-            )
-        if max_tokens is None:
-            # Clients that send no max_tokens (the llm CLI) must not run to the end of the
-            # context by default: minutes of decoding nobody asked for.
-            room = limit - n_prompt
-            defaults = [d for d in (self._settings.default_max_tokens, cap) if d]
-            return min([room, *defaults])
-        if n_prompt + max_tokens > limit:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
-                "completion). Reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
-        return max_tokens
 
     # ---- owner thread ------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bastion.engine.base import ChatMessage
+from bastion.engine.base import ChatMessage, GenerationParams
 from bastion.engine.chat_template import ChatTemplate
 from bastion.engine.llamacpp.model import LlamaModel
 from bastion.engine.special_text import SpecialTextShield
+from bastion.errors import InvalidRequestError, ModelNotChatError
 
 
 class ChatPrompt:
@@ -31,3 +32,23 @@ class ChatPrompt:
                 segment.text, add_special=False, parse_special=not segment.literal
             )
         return tokens
+
+
+def request_tokens(
+    name: str, model: LlamaModel, chat: ChatPrompt | None, params: GenerationParams
+) -> list[int]:
+    """The prompt tokens of one request; ``chat`` is None for a completion-only model."""
+    if params.messages is not None:
+        if chat is None:
+            raise ModelNotChatError(
+                f"model '{name}' is completion only: it takes a prompt, not messages",
+                param="model",
+            )
+        tokens = chat.tokens(params.messages)
+    else:
+        # A raw completion prompt is the caller's own: its special tokens are parsed, as in
+        # llama-server (a chat turn's content never is; see ``ChatPrompt``).
+        tokens = model.tokenize(params.prompt or "", add_special=model.add_bos)
+    if not tokens:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
+    return tokens
