@@ -61,6 +61,12 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class TemplateRenderError(InvalidRequestError):
+    """The chat template rejected the conversation or went past its bounds rendering it."""
+
+    code = "invalid_messages"
+
+
 class ModelNotChatError(InvalidRequestError):
     """A chat request to a completion-only model (a base model, or one without a template)."""
 
@@ -160,6 +166,27 @@ class ServiceUnavailableError(BastionError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class ModelUnavailableError(ServiceUnavailableError):
+    """The model exists but cannot answer now: it failed, or did not load in time."""
+
+    code = "model_unavailable"
+
+
+class SwapInProgressError(ModelConflictError):
+    """Another load, unload or swap is running; the message says which."""
+
+    code = "swap_in_progress"
 
 
 class EngineError(BastionError):

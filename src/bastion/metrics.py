@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from bastion.engine.base import EngineState
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2)
 
@@ -74,6 +76,35 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.model_state = Gauge(
+            "bastion:model_state",
+            "1 for the state each catalog model is in (its engine's lifecycle), 0 for the others.",
+            ["model", "state"],
+            registry=r,
+        )
+        self.model_memory = Gauge(
+            "bastion:model_memory_bytes",
+            "Bytes a loaded model holds (weights plus KV cache); 0 when not loaded.",
+            ["model"],
+            registry=r,
+        )
+        self.model_loads = Gauge(
+            "bastion:model_loads",
+            "Loads of the model since the server started.",
+            ["model"],
+            registry=r,
+        )
+        self.model_unloads = Gauge(
+            "bastion:model_unloads",
+            "Unloads of the model (idle, to make room, by an operator) since the server started.",
+            ["model"],
+            registry=r,
+        )
+        self.swaps = Gauge(
+            "bastion:model_swaps",
+            "Swaps since the server started: loads that unloaded another model to make room.",
+            registry=r,
+        )
 
     def observe(self, record: dict[str, Any], seconds: float) -> None:
         """Account one finished request from its audit record."""
@@ -96,8 +127,24 @@ class Metrics:
         if (queued := record.get("queued")) is not None:
             self.queue.labels(model).observe(queued)
 
-    def render(self, states: Callable[[], dict[str, dict[str, object]]]) -> bytes:
+    def render(
+        self, states: Callable[[], dict[str, dict[str, object]]], swaps: int | None = None
+    ) -> bytes:
+        if swaps is not None:
+            self.swaps.set(swaps)
         for name, state in states().items():
+            for each in EngineState:
+                self.model_state.labels(name, each.value).set(
+                    1 if state.get("state") == each.value else 0
+                )
+            for gauge, key in (
+                (self.model_memory, "memory"),
+                (self.model_loads, "loads"),
+                (self.model_unloads, "unloads"),
+            ):
+                value = state.get(key)
+                if isinstance(value, int):
+                    gauge.labels(name).set(value)
             running, waiting = state.get("running"), state.get("waiting")
             if isinstance(running, int) and isinstance(waiting, int):
                 self.running.labels(name).set(running)

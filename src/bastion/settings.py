@@ -180,12 +180,6 @@ class EngineSettings(_Section):
         "tokens in chats). Turn off where callers must not learn from timing whether "
         "another caller sent the same prefix.",
     )
-    max_queue: int = Field(
-        default=64,
-        ge=1,
-        le=100_000,
-        description="Requests that may wait for a slot; beyond them clients get 429.",
-    )
     stream_interval: float = Field(
         default=0.02,
         ge=0.0,
@@ -214,6 +208,28 @@ class EngineSettings(_Section):
         "issue 20824); a model's catalog entry may override it.",
     )
 
+    isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="process: each embedded engine runs in its own supervised child process, "
+        "so a native crash costs only its requests; thread: inside the API process (tests, "
+        "benchmarks).",
+    )
+    restart_limit: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Restarts of a crashed engine process in a row (backoff doubling from "
+        "restart_backoff) before the model is marked failed; a restart that then serves for "
+        "a minute resets the count.",
+    )
+    restart_backoff: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=300.0,
+        description="Seconds before the first restart of a crashed engine; doubles each time, "
+        "at most 60.",
+    )
+
     @field_validator("max_tokens_limit")
     @classmethod
     def _limit_allows_the_completions_default(cls, value: int) -> int:
@@ -224,6 +240,65 @@ class EngineSettings(_Section):
 
     def resolved_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
+
+
+class RouterSettings(_Section):
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests that may wait per model (for a slot or for the model to load); "
+        "beyond them clients get 429.",
+    )
+    preload: list[str] | None = Field(
+        default=None,
+        description="Models loaded at start; default: server.default_model. Every other catalog "
+        "model loads on its first request.",
+    )
+    load_timeout: float = Field(
+        default=300.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Seconds a request waits for its model to load (import, verify, load) "
+        "before a 503.",
+    )
+    max_loaded: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Most models loaded at once; 0: no count limit. Loading past it unloads "
+        "the least recently used idle model first.",
+    )
+    max_memory: int = Field(
+        default=0,
+        ge=0,
+        description="Most bytes of weights plus KV cache loaded at once; 0: no limit. Loading "
+        "past it unloads the least recently used idle models first.",
+    )
+    idle_ttl: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=31_536_000.0,
+        description="Seconds after its last request that a model is unloaded; 0: never.",
+    )
+    swap_after: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="When models must take turns, how long requests for the unloaded one may "
+        "wait while the loaded one keeps taking requests; then the loaded one drains and is "
+        "swapped out. Groups requests into few swaps instead of one per request.",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        description="POSTed after each load and unload: JSON with model, action, duration and "
+        "result, signed in the X-Bastion-Signature header (HMAC-SHA256 of the body).",
+    )
+    webhook_secret_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of the environment variable holding the webhook's HMAC secret.",
+    )
 
 
 class StoreSettings(_Section):
@@ -275,6 +350,17 @@ class TlsSettings(_Section):
         default=None,
         description="CA that client certificates must chain to (mutual TLS). On the HTTPS "
         "listener the certificate is then the credential; its CN is the caller's identity.",
+    )
+    host: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Addresses the HTTPS listener binds; default: the same as server.host. "
+        "E.g. plain HTTP on 127.0.0.1 (server.host) and HTTPS on 0.0.0.0.",
+    )
+    plain_http: bool = Field(
+        default=True,
+        description="With tls.port set, also serve plain HTTP on server.host:server.port. "
+        "False (--no-plain): only the HTTPS listener binds.",
     )
 
 
@@ -375,6 +461,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -1,14 +1,15 @@
-"""The real app in process (httpx.ASGITransport) over a stand-in engine and a tiny stored model.
+"""The real app in process (httpx.ASGITransport) over the shared fake engine and a tiny stored
+model.
 
 The model is a URL-source entry whose files are written straight into the store, signed with
-the server key as a pull would, so the registry verifies and "loads" it without llama.cpp.
+the server key as a pull would, so the registry verifies it and "loads" it into a
+``tests.fakes.FakeEngine`` without llama.cpp.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,39 +19,13 @@ import yaml
 from fastapi import FastAPI
 
 from bastion.api.app import create_app
-from bastion.engine.base import Chunk, GenerationParams, ModelInfo
 from bastion.integrity.manifest import write_manifest
 from bastion.integrity.trust import local_key, sign_directory
 from bastion.settings import Settings
-from bastion.store.package import LocalModel
+from tests.fakes import FakeBehaviour, FakeEngine, fake_factory
 
 MODEL = "tiny"
 WEIGHTS = b"GGUF stand-in weights"
-
-
-class StubEngine:
-    """Answers every request with one chunk; ``running`` can be set to look busy."""
-
-    def __init__(self, model: LocalModel) -> None:
-        self._info = ModelInfo(model.name, model.sha256, 2048, int(time.time()))
-        self.running = 0
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
-        yield Chunk("ok", prompt_tokens=1, completion_tokens=1)
-
-    async def close(self) -> None:
-        return None
 
 
 def url_entry(
@@ -75,21 +50,48 @@ def store_model(home: Path, name: str = MODEL, data: bytes = WEIGHTS) -> Path:
     return directory
 
 
+def fake_app(
+    settings: Settings, home: Path, behaviour: FakeBehaviour | None = None
+) -> tuple[FastAPI, list[FakeEngine]]:
+    """The app over fake engines, and the list of the engines it builds (in build order)."""
+    engines, factory = fake_factory(behaviour)
+    return create_app(settings, home, factory), engines
+
+
 @asynccontextmanager
-async def running_app(
-    home: Path, *, loopback_bypass: bool = True, admin_certs: list[str] | None = None
-) -> AsyncIterator[FastAPI]:
-    """The app with its lifespan run and the stored model loaded."""
+async def serving(
+    home: Path,
+    *,
+    loopback_bypass: bool = True,
+    admin_certs: list[str] | None = None,
+    behaviour: FakeBehaviour | None = None,
+) -> AsyncIterator[tuple[FastAPI, list[FakeEngine]]]:
+    """The app with its lifespan run and the stored model loaded, with its fake engines."""
     if not (home / "models" / MODEL).exists():
         store_model(home)
     settings = Settings(
         server={"default_model": MODEL},
         auth={"loopback_bypass": loopback_bypass, "admin_certs": admin_certs or []},
     )
-    app = create_app(settings, home, StubEngine)
+    app, engines = fake_app(settings, home, behaviour)
     async with app.router.lifespan_context(app):
         await app.state.registry.wait_loaded()
         assert app.state.registry.ready, app.state.registry.states(detail=True)
+        yield app, engines
+
+
+@asynccontextmanager
+async def running_app(
+    home: Path,
+    *,
+    loopback_bypass: bool = True,
+    admin_certs: list[str] | None = None,
+    behaviour: FakeBehaviour | None = None,
+) -> AsyncIterator[FastAPI]:
+    """``serving`` for tests that need only the app."""
+    async with serving(
+        home, loopback_bypass=loopback_bypass, admin_certs=admin_certs, behaviour=behaviour
+    ) as (app, _):
         yield app
 
 

@@ -18,7 +18,7 @@ def test_a_segfault_names_the_model_and_engine_being_served() -> None:
 
 def test_a_crash_while_loading_says_loading_and_skips_failed_models() -> None:
     states = {
-        "gemma": ("llamacpp", "loading"),
+        "gemma": ("llamacpp", "starting"),
         "broken": ("llamacpp", "failed"),
         "smol": ("llamacpp", "ready"),
     }
@@ -39,7 +39,7 @@ def test_reports_travel_over_the_socket_pair_and_garbage_is_ignored() -> None:
     reader = threading.Thread(target=states.read_from, args=(parent,))
     reader.start()
     report = StateReport(child)
-    report("smol", "llamacpp", "loading")
+    report("smol", "llamacpp", "starting")
     child.sendall(b"not json\n{}\n")
     report("smol", "llamacpp", "ready")
     report("gemma", "llamacpp", "failed")

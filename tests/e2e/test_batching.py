@@ -36,7 +36,7 @@ def one_slot_one_queued(shared_home: Path) -> Iterator[Server]:
         shared_home,
         "--slots",
         "1",
-        env={"BASTION_ENGINE__MAX_QUEUE": "1", "BASTION_ENGINE__TIME_SLICE": "0"},
+        env={"BASTION_ROUTER__MAX_QUEUE": "1", "BASTION_ENGINE__TIME_SLICE": "0"},
     )
     try:
         yield server

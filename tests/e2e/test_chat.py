@@ -13,11 +13,13 @@ MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is 2+2? Respond with only the number."}]
 
 
-def test_models_lists_the_default_model_with_its_digest(client: OpenAI) -> None:
+def test_models_lists_the_catalog_loaded_first_with_digest_and_state(client: OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
-    assert models[0].model_extra is not None
-    assert models[0].model_extra["digest"].startswith("sha256:")
+    assert [m.id for m in models] == [MODEL, "gemma3-270m"]  # the whole catalog, loaded first
+    extra = [m.model_extra or {} for m in models]
+    assert extra[0]["state"] == "ready"
+    assert extra[0]["digest"].startswith("sha256:")
+    assert extra[1]["state"] == "stopped"  # loads on its first request
 
 
 def test_chat_answers_two_plus_two(client: OpenAI) -> None:

@@ -36,7 +36,10 @@ def ask_two_plus_two(server: Server) -> str:
 def test_a_segfault_while_decoding_is_logged_with_the_model_and_exits_non_zero(
     shared_home: Path,
 ) -> None:
-    server = start_server(shared_home)
+    """In-process engines (``engine.isolation: thread``): llama.cpp's crash is the server's.
+    With the default process isolation the engine's own process dies instead and the server
+    restarts it (tests/e2e/test_engine_crash.py)."""
+    server = start_server(shared_home, env={"BASTION_ENGINE__ISOLATION": "thread"})
     try:
         worker = server.worker_pid()
         body = {"model": MODEL, "prompt": COUNT, "max_tokens": 1500, "temperature": 0}

@@ -3,11 +3,13 @@ serves again."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import bastion_command
 from tests.e2e.conftest import start_server
@@ -63,3 +65,33 @@ def test_a_flipped_byte_is_refused_by_name_and_a_restored_file_serves(tmp_path: 
         assert reply.system_fingerprint == (f"{card['manifest_digest']}/key:{card['signer']}")
     finally:
         server.stop()
+
+
+def test_an_answer_s_fingerprint_matches_models_show_v1_models_and_the_files(
+    tmp_path: Path,
+) -> None:
+    """The recipe of docs/integrity.md: the three places name the same digests, and each can
+    be recomputed from the files with sha256sum."""
+    home = tmp_path / "home"
+    env = {"BASTION_HOME": str(home)}
+    assert bastion_command(env, "models", "pull", MODEL).returncode == 0
+    shown = yaml.safe_load(bastion_command(env, "models", "show", MODEL).stdout)["provenance"]
+    directory = home / "models" / MODEL
+    assert shown["weights"] == WEIGHTS
+    assert (
+        shown["digest"]
+        == "sha256:" + hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()
+    )
+    manifest = (directory / "CHECKSUMS.sha256").read_bytes()
+    assert shown["manifest_digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert f"{shown['digest'].removeprefix('sha256:')}  {WEIGHTS}".encode() in manifest
+    server = start_server(home)
+    try:
+        card = httpx.get(f"{server.v1}/models").json()["data"][0]
+        reply = server.client(timeout=60).completions.create(model=MODEL, max_tokens=2, prompt="1")
+    finally:
+        server.stop()
+    for label in ("digest", "manifest_digest", "signer", "system_fingerprint"):
+        assert card[label] == shown[label], label
+    assert reply.system_fingerprint == shown["system_fingerprint"]
+    assert reply.system_fingerprint == f"{shown['manifest_digest']}/key:{shown['signer']}"

@@ -89,8 +89,9 @@ def test_pull_then_serve_gemma_offline_completion_only(shared_home: Path) -> Non
     server = start_server(shared_home, "--model", "gemma3-270m")
     try:
         models = httpx.get(f"{server.v1}/models").json()["data"]
-        assert [m["id"] for m in models] == ["gemma3-270m"]
+        assert [m["id"] for m in models] == ["gemma3-270m", "smollm2-135m-instruct"]
         assert models[0]["capabilities"]["chat"] is False
+        assert models[1]["state"] == "stopped"  # not preloaded: it loads on demand
         client = server.client(timeout=120)
         reply = client.completions.create(
             model="gemma3-270m", prompt="The capital of France is", max_tokens=8, temperature=0

@@ -63,11 +63,16 @@ def test_a_valid_client_certificate_is_the_credential(mtls: tuple[Server, str, P
     assert httpx.get(f"{server.v1}/models").status_code == 401
 
 
-def test_no_client_certificate_fails_the_handshake(mtls: tuple[Server, str, Path]) -> None:
-    _, https, home = mtls
+def test_no_client_certificate_is_refused_in_words(mtls: tuple[Server, str, Path]) -> None:
+    """The handshake completes so that the refusal can say why; no request reaches the app."""
+    server, https, home = mtls
     context = ssl.create_default_context(cafile=str(home / "tls" / "ca.crt"))
-    with pytest.raises(HANDSHAKE_FAILED), httpx.Client(verify=context) as client:
-        client.get(f"{https}/v1/models")
+    with httpx.Client(verify=context) as client:
+        response = client.get(f"{https}/v1/models", headers={"X-Request-Id": "mtls-nocert"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "client_certificate_required"
+    server.wait_for_log(r"refused TLS handshake from 127\.0\.0\.1: the client sent no certificate")
+    assert "mtls-nocert" not in server.log_text()
 
 
 def test_a_certificate_from_another_ca_fails(

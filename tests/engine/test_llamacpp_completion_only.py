@@ -38,7 +38,7 @@ def loaded(
             started.append(source)
             super().__init__(source, **rest)
 
-    monkeypatch.setattr("bastion.engine.llamacpp.engine.ChatTemplate", Counting)
+    monkeypatch.setattr("bastion.engine.llamacpp.prompt.ChatTemplate", Counting)
     engine = LlamaCppEngine("m", weights, "0" * 64, SETTINGS, **kwargs)
     asyncio.run(engine.start())
     try:

@@ -15,13 +15,14 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from bastion.catalog import BUILTIN_MODELS, SMOLLM2
+from bastion.catalog import SMOLLM2, load_catalog
+from bastion.engine.base import Engine, ModelSpec
+from bastion.engine.factory import build_engine
 from bastion.engine.llamacpp import LlamaCppEngine
 from bastion.engine.llamacpp.selftest import logits_problem
 from bastion.errors import ModelLoadError
 from bastion.router.registry import ModelRegistry
-from bastion.settings import EngineSettings
-from bastion.store.package import LocalModel
+from bastion.settings import EngineSettings, RouterSettings
 
 SETTINGS = EngineSettings(threads=2, slots=1, ctx_per_slot=512)
 
@@ -69,12 +70,15 @@ def test_a_failing_decode_fails_the_load(
 
 
 def test_the_registry_marks_the_model_failed_with_the_reason(home: Path, nan_logits: None) -> None:
-    def build(model: LocalModel) -> LlamaCppEngine:
-        return LlamaCppEngine(model.name, model.weights, model.sha256, SETTINGS)
+    """In-process (``thread``): the patched llama.cpp function lives in this process."""
+
+    def build(spec: ModelSpec) -> Engine:
+        return build_engine(spec, SETTINGS.model_copy(update={"isolation": "thread"}))
 
     async def load() -> dict[str, dict[str, object]]:
-        registry = ModelRegistry(home, SMOLLM2, build, SETTINGS)
-        registry.add(BUILTIN_MODELS[SMOLLM2])
+        catalog = load_catalog(home)
+        registry = ModelRegistry(home, catalog, SMOLLM2, build, RouterSettings())
+        registry.start()
         await registry.wait_loaded()
         try:
             assert not registry.ready

@@ -21,7 +21,8 @@ from bastion.api.middleware.unexpected import UnexpectedErrorMiddleware
 from bastion.api.routes import admin, openai, ops
 from bastion.catalog import load_catalog
 from bastion.engine import Engine
-from bastion.engine.llamacpp import LlamaCppEngine
+from bastion.engine.base import ModelSpec
+from bastion.engine.factory import build_engine
 from bastion.integrity.trust import local_key
 from bastion.log import escape
 from bastion.metrics import Metrics
@@ -31,7 +32,6 @@ from bastion.security.api_keys import KeyStore
 from bastion.security.audit import AuditTrail
 from bastion.security.checkpoint_ship import CheckpointShipper
 from bastion.settings import Settings
-from bastion.store.package import LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -64,38 +64,25 @@ def create_app(
     *,
     on_state: StateListener | None = None,
 ) -> FastAPI:
-    """The bastion ASGI app; ``engine_factory`` defaults to the embedded llama.cpp engine;
-    ``on_state`` hears every model state change."""
+    """The bastion ASGI app. ``engine_factory`` defaults to ``build_engine`` (each model's
+    ``engine`` kind, with ``settings.engine``); ``on_state`` hears every model state change."""
 
-    def build_engine(model: LocalModel) -> Engine:
-        engine = settings.engine
-        # The catalog entry's context length and repack policy win for this model.
-        if model.ctx is not None:
-            engine = engine.model_copy(update={"ctx_per_slot": model.ctx})
-        if model.repack is not None:
-            engine = engine.model_copy(update={"repack": model.repack})
-        return LlamaCppEngine(
-            model.name,
-            model.weights,
-            model.sha256,
-            engine,
-            chat_template=model.chat_template,
-            identity=model.identity,
-            completion_only=model.completion_only,
-        )
+    def default_factory(spec: ModelSpec) -> Engine:
+        return build_engine(spec, settings.engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = load_catalog(home, settings.store.allowed_roots)
         registry = ModelRegistry(
             home,
+            catalog,
             settings.server.default_model,
-            engine_factory or build_engine,
-            settings.engine,
+            engine_factory or default_factory,
+            settings.router,
             require_signature=settings.integrity.require_signature,
             on_state=on_state,
         )
-        catalog = load_catalog(home, settings.store.allowed_roots)
-        registry.add(catalog.get(settings.server.default_model))
+        registry.start()
         app.state.registry = registry
         app.state.catalog = catalog
         app.state.home = home

@@ -301,21 +301,52 @@ def common_name(peer: dict[str, Any] | None) -> str | None:
     return None
 
 
+class ClientCertificateRequiredError(BastionError):
+    status = 403
+    type = "invalid_request_error"
+    code = "client_certificate_required"
+
+
+NO_CLIENT_CERTIFICATE = "the client sent no certificate (PEER_DID_NOT_RETURN_A_CERTIFICATE)"
+
+
 class TlsIdentityProtocol(GuardedHttpProtocol):
     """Adds the verified client certificate's common name to the scope as
-    ``extensions.tls.client_cn`` (uvicorn does not pass the peer certificate on)."""
+    ``extensions.tls.client_cn`` (uvicorn does not pass the peer certificate on), and the
+    server certificate's names as ``extensions.tls.server_names`` (trusted Host values, see
+    ``TrustedHostMiddleware``).
 
+    With ``client_cert_required`` (tls.client_ca set), a client that completed the handshake
+    without a certificate (the context asks for one but lets the handshake finish, so the
+    refusal can be put in words) gets 403 ``client_certificate_required`` before any of its
+    bytes are read; a certificate it does send was verified in the handshake."""
+
+    server_names: ClassVar[frozenset[str]] = frozenset()
+    client_cert_required: ClassVar[bool] = False
     _client_cn: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
-        self._client_cn = common_name(ssl_object.getpeercert()) if ssl_object else None
+        peer_cert = ssl_object.getpeercert() if ssl_object else None
+        self._client_cn = common_name(peer_cert)
+        if self.client_cert_required and not peer_cert and self.transport is not None:
+            self.guards.report(Refusal("TLS handshake", NO_CLIENT_CERTIFICATE, 403, self.peer))
+            self._disarm()
+            self._discarding = True
+            self._send_refusal(
+                ClientCertificateRequiredError(
+                    "This HTTPS listener requires a client certificate issued by its CA "
+                    "(tls.client_ca); none was sent. Issue one with `bastion certs issue NAME`."
+                )
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        tls: dict[str, Any] = {"server_names": self.server_names}
         if self._client_cn is not None:
-            self.scope["extensions"] = {"tls": {"client_cn": self._client_cn}}
+            tls["client_cn"] = self._client_cn
+        self.scope["extensions"] = {"tls": tls}  # type: ignore[dict-item]
 
 
 class TlsListener:
@@ -394,16 +425,53 @@ class TlsListener:
                 protocol.release()
 
 
+HANDSHAKE_REASONS = {
+    # Certificate failures only: the others (HTTP_REQUEST, WRONG_VERSION_NUMBER, ...) are
+    # logged and audited as OpenSSL names them, which alerting may already match on.
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
+    "CERTIFICATE_VERIFY_FAILED": "the client's certificate did not verify",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the server's CA (give it tls/ca.crt)",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client rejected the server's certificate "
+    "(a name it does not list, or a CA it does not trust)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client rejected the server's certificate",
+    "TLSV1_ALERT_DECRYPT_ERROR": "the client rejected the server's certificate",
+}
+
+
+def handshake_failure(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason (a fixed name such as CERTIFICATE_VERIFY_FAILED) in words, with the
+    name kept for searching; a failed verification adds OpenSSL's verdict (``certificate
+    has expired``, ``certificate revoked``, ``unable to get local issuer certificate``)."""
+    code = exc.reason or "unknown"
+    words = HANDSHAKE_REASONS.get(code, "")
+    verdict = getattr(exc, "verify_message", None)
+    if isinstance(exc, ssl.SSLCertVerificationError) and verdict:
+        words = f"{words}: {verdict}" if words else str(verdict)
+    return f"{words} ({code})" if words else code
+
+
 def _handshake_refusal(exc: Exception, peer: str, timeout: float) -> Refusal:
     if isinstance(exc, TimeoutError):
         return Refusal("TLS handshake", f"not complete within {timeout:g}s", 408, peer)
     if isinstance(exc, ssl.SSLError):
-        # OpenSSL's reason is a fixed name (CERTIFICATE_VERIFY_FAILED, HTTP_REQUEST, ...).
-        return Refusal("TLS handshake", f"failed: {exc.reason or 'unknown'}", 0, peer)
+        return Refusal("TLS handshake", f"failed: {handshake_failure(exc)}", 0, peer)
     return Refusal("TLS handshake", "connection closed during the handshake", 0, peer)
 
 
-def protocol_class(guards: Guards, *, tls_identity: bool = False) -> type[GuardedHttpProtocol]:
-    """A protocol class for uvicorn's ``http=`` option, carrying this listener's guards."""
-    base = TlsIdentityProtocol if tls_identity else GuardedHttpProtocol
-    return type(base.__name__, (base,), {"guards": guards})
+def protocol_class(
+    guards: Guards,
+    *,
+    tls_identity: bool = False,
+    server_names: frozenset[str] = frozenset(),
+    client_cert_required: bool = False,
+) -> type[GuardedHttpProtocol]:
+    """A protocol class for uvicorn's ``http=`` option, carrying this listener's guards (and
+    on the HTTPS listener the certificate's names and whether a client certificate is due)."""
+    if not tls_identity:
+        return type(GuardedHttpProtocol.__name__, (GuardedHttpProtocol,), {"guards": guards})
+    attrs = {
+        "guards": guards,
+        "server_names": server_names,
+        "client_cert_required": client_cert_required,
+    }
+    return type(TlsIdentityProtocol.__name__, (TlsIdentityProtocol,), attrs)

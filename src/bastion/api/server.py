@@ -25,7 +25,7 @@ from bastion.api.middleware.auth import auth_disabled, is_loopback
 from bastion.api.protocol import Guards, HeadLimits, TlsListener, protocol_class
 from bastion.errors import ConfigError
 from bastion.router.registry import StateListener
-from bastion.security.tls import server_context
+from bastion.security.tls import certificate_sans, server_context, uncovered
 from bastion.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ def bind(host: str, port: int) -> socket.socket:
 LOOPBACK_CAPABLE = frozenset({"127.0.0.1", "::1", "[::1]", "0.0.0.0", "::", "[::]", "localhost"})
 
 
-def bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+def bind_all(hosts: list[str], port: int, *, require_loopback: bool = True) -> list[socket.socket]:
     """Bind every host. A non-loopback address that fails (an interface not up yet) is logged
-    and skipped; without at least one loopback-capable bind the server does not start."""
+    and skipped; without at least one loopback-capable bind the server does not start
+    (``require_loopback=False`` when another listener of this server already has one)."""
     if auth_disabled() and any(not _loopback_host(h) for h in hosts):
         raise ConfigError(
             "refusing to listen beyond loopback while authentication is "
@@ -73,7 +74,7 @@ def bind_all(hosts: list[str], port: int) -> list[socket.socket]:
                 failed.append(exc.message)
             else:
                 log.warning("%s; skipping it (it may come up later)", exc.message)
-    if not any(h in LOOPBACK_CAPABLE for h in _bound_hosts(sockets)):
+    if require_loopback and not any(h in LOOPBACK_CAPABLE for h in _bound_hosts(sockets)):
         for sock in sockets:
             sock.close()
         if failed:  # name what the operator asked for and why it failed, nothing else
@@ -146,8 +147,11 @@ def connection_limits(
 def serve(settings: Settings, home: Path, report: StateListener | None = None) -> None:
     """Serve until SIGTERM/SIGINT; running requests get ``server.drain_timeout`` to finish.
     ``report`` hears every model state change (the watchdog names them if the process dies)."""
-    server_settings = settings.server
-    sockets = bind_all(server_settings.host, server_settings.port)
+    server_settings, tls = settings.server, settings.tls
+    if not tls.plain_http and tls.port is None:
+        raise ConfigError("--no-plain (tls.plain_http: false) needs --tls-port (tls.port)")
+    plain = tls.plain_http or tls.port is None
+    sockets = bind_all(server_settings.host, server_settings.port) if plain else []
     app = create_app(settings, home, on_state=report)
     # Refusals below the app share one report: one line per kind per window, all listeners.
     refusals = RefusalReport(app.state.audit.append)
@@ -164,16 +168,13 @@ def serve(settings: Settings, home: Path, report: StateListener | None = None) -
         timeout_keep_alive=5,
         server_header=False,
     )
-    secure = _tls_server(settings, home, app, guards()) if settings.tls.port is not None else None
-    tls_sockets = bind_all(server_settings.host, settings.tls.port or 0) if secure else []
-    for sock in sockets:
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("bastion listening on http://%s:%d/v1", shown, port)
-    for sock in tls_sockets:
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("bastion listening on https://%s:%d/v1", shown, port)
+    secure = _tls_server(settings, home, app, guards()) if tls.port is not None else None
+    tls_sockets: list[socket.socket] = []
+    if secure is not None:
+        tls_hosts = tls.host or server_settings.host
+        tls_sockets = bind_all(tls_hosts, tls.port or 0, require_loopback=not plain)
+        _warn_uncovered(secure.names, [*tls_hosts, *server_settings.trusted_hosts])
+    _log_listeners(sockets, tls_sockets, mutual=tls.client_ca is not None)
     # uvicorn re-raises the stop signal once it has shut down; after a clean drain the
     # process should exit 0 rather than die of SIGTERM.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -192,7 +193,8 @@ def serve(settings: Settings, home: Path, report: StateListener | None = None) -
 def _guards(settings: Settings, refusals: RefusalReport) -> Callable[[], Guards]:
     """Raises the open-file limit, then builds each listener's guards (its own gate)."""
     server = settings.server
-    listeners = 2 if settings.tls.port is not None else 1
+    tls = settings.tls
+    listeners = (1 if tls.plain_http or tls.port is None else 0) + (tls.port is not None)
     limits = connection_limits(
         server.max_connections,
         server.max_connections_per_client,
@@ -219,9 +221,16 @@ class _Secondary(uvicorn.Server):
     accepts connections itself (``TlsListener``), so that each is counted and timed from
     the moment it is accepted, before any TLS."""
 
-    def __init__(self, config: uvicorn.Config, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        context: ssl.SSLContext,
+        names: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(config)
         self.context = context
+        self.names = names
+        """The server certificate's subject alternative names."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -253,18 +262,70 @@ def _tls_server(settings: Settings, home: Path, app: Any, guards: Guards) -> _Se
         )
     # Built here so a bad certificate or revocation list stops the start with its reason.
     context = server_context(certfile, keyfile, client_ca=tls.client_ca, home=home)
+    names = frozenset(certificate_sans(certfile))
     # No TLS options for uvicorn: _Secondary accepts and runs the handshakes itself.
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="off",
-        http=protocol_class(guards, tls_identity=True),
+        http=protocol_class(
+            guards,
+            tls_identity=True,
+            server_names=names,
+            client_cert_required=tls.client_ca is not None,
+        ),
         ws="none",
         timeout_graceful_shutdown=int(settings.server.drain_timeout),
         server_header=False,
     )
-    return _Secondary(config, context)
+    return _Secondary(config, context, names)
+
+
+def _warn_uncovered(sans: frozenset[str], names: list[str]) -> None:
+    """Clients checking the certificate against an address or name it does not list fail
+    with a hostname mismatch; name those once, at start."""
+    missing = uncovered(names, sorted(sans))
+    if missing:
+        log.warning(
+            "the server certificate does not cover %s (it lists %s): clients using those "
+            "names fail the certificate check; reissue it with `bastion certs issue --server "
+            "NAME --san ... --force`",
+            ", ".join(missing),
+            ", ".join(sorted(sans)) or "no names",
+        )
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def _log_listeners(
+    sockets: list[socket.socket], tls_sockets: list[socket.socket], *, mutual: bool
+) -> None:
+    for sock in sockets:
+        log.info("bastion listening on %s/v1", _url("http", sock))
+    for sock in tls_sockets:
+        log.info("bastion listening on %s/v1", _url("https", sock))
+    if not tls_sockets:
+        return
+    plain = [_url("http", s) for s in sockets]
+    https = ", ".join(_url("https", s) for s in tls_sockets)
+    kind = "HTTPS with client certificates" if mutual else "HTTPS"
+    if not plain:
+        log.info("listeners: %s on %s; plain HTTP off (--no-plain)", kind, https)
+    elif all(_loopback_host(str(s.getsockname()[0])) for s in sockets):
+        log.info("listeners: %s on %s; plain HTTP on loopback: %s", kind, https, ", ".join(plain))
+    else:
+        log.warning(
+            "listeners: %s on %s; plain HTTP, without TLS, is also open on %s: pass "
+            "--no-plain, or bind it to loopback (server.host 127.0.0.1 with tls.host 0.0.0.0)",
+            kind,
+            https,
+            ", ".join(plain),
+        )
 
 
 class _Main(uvicorn.Server):
@@ -280,6 +341,14 @@ class _Main(uvicorn.Server):
         self.refusals = refusals
         self.secure = secure
         self.secondary: asyncio.Task[None] | None = None
+        self.tls_sockets: list[socket.socket] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # HTTPS starts once the lifespan has: before, a request would meet an app without
+        # its registry (500), and a failed start would have served some.
+        await super().startup(sockets)
+        if not self.should_exit:
+            self.start_secure(self.tls_sockets)
 
     def start_secure(self, sockets: list[socket.socket]) -> None:
         if self.secure is not None:
@@ -309,7 +378,7 @@ class _Main(uvicorn.Server):
 async def _serve_all(
     main: _Main, sockets: list[socket.socket], tls_sockets: list[socket.socket]
 ) -> None:
-    main.start_secure(tls_sockets)
+    main.tls_sockets = tls_sockets
     try:
         await main.serve(sockets=sockets)
     finally:

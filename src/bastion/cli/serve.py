@@ -29,6 +29,18 @@ def serve_command(
         int | None,
         typer.Option(help="Also serve HTTPS on this port (certificate from `bastion certs`)."),
     ] = None,
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-host", help="Address for HTTPS to bind (repeatable). Default: as --host."
+        ),
+    ] = None,
+    no_plain: Annotated[
+        bool,
+        typer.Option(
+            "--no-plain", help="With --tls-port: serve HTTPS only, no plain HTTP listener."
+        ),
+    ] = False,
     watchdog_fd: Annotated[
         int | None,
         typer.Option(hidden=True, help="Set by the `bastion` launcher: its report socket."),
@@ -47,7 +59,11 @@ def serve_command(
     for key, value in (("threads", threads), ("slots", slots), ("ctx_per_slot", ctx_per_slot)):
         if value is not None:
             engine[key] = value
-    tls = {"port": tls_port} if tls_port is not None else {}
+    tls: dict[str, Any] = {"port": tls_port} if tls_port is not None else {}
+    if tls_host:
+        tls["host"] = tls_host
+    if no_plain:
+        tls["plain_http"] = False
     overrides = {k: v for k, v in (("server", server), ("engine", engine), ("tls", tls)) if v}
     settings = load_settings(overrides)
     configure_logging(settings.server.log_level)

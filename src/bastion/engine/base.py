@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import enum
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from bastion.engine.cpu import RepackSetting
+from bastion.integrity.verify import FileIdentity
+
+if TYPE_CHECKING:
+    from bastion.engine.lifecycle import Lifecycle
 
 FinishReason = Literal["stop", "length"]
 
@@ -90,16 +98,64 @@ class ModelInfo:
     """Unix time the model was loaded."""
     chat: bool = True
     """Whether it takes chat messages; False: completion only (prompts, not messages)."""
+    memory: int = 0
+    """Bytes the loaded model holds (weights plus KV cache); 0 when unknown."""
+
+
+class EngineState(enum.StrEnum):
+    """An engine's lifecycle. It moves stopped -> starting -> ready -> stopping -> stopped;
+    any state may move to failed (a load that failed, a dead thread or process); a supervised
+    engine goes from failed back to starting while it has restarts left."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an engine builder receives: one catalog model, whatever its source.
+
+    A model with local weights has been imported and verified: ``weights`` is the file its
+    manifest vouches for. An engine without local weights (a remote upstream) gets None there
+    and finds what it needs in ``engine_args``."""
+
+    name: str
+    kind: str
+    """The engine kind (``ModelDef.engine``) that the factory maps to a builder."""
+    weights: Path | None = None
+    digest: str = ""
+    """SHA-256 of ``weights`` as listed in the manifest ("" without local weights)."""
+    identity: FileIdentity | None = None
+    """The verified file's identity; an engine checks it again once the file is open."""
+    ctx: int | None = None
+    chat_template: str | None = None
+    completion_only: bool = False
+    repack: RepackSetting | None = None
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
+    lora: tuple[Path, ...] = ()
+
+    @property
+    def weights_bytes(self) -> int:
+        """Size of the weights on disk (0 without local weights): the router's first memory
+        estimate, before the engine reports what it really holds."""
+        try:
+            return self.weights.stat().st_size if self.weights is not None else 0
+        except OSError:
+            return 0
 
 
 class Engine(Protocol):
-    """An inference engine serving one model."""
+    """An inference engine serving one model. It owns its lifecycle: ``lifecycle.state`` is
+    what /ready, /v1/models, /api/status and the metrics report."""
 
     @property
     def info(self) -> ModelInfo: ...
 
     @property
-    def ready(self) -> bool: ...
+    def lifecycle(self) -> Lifecycle: ...
 
     @property
     def running(self) -> int:

@@ -30,7 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from bastion.engine.base import ChatMessage
-from bastion.errors import InvalidRequestError, ModelLoadError, ServiceUnavailableError
+from bastion.errors import (
+    ModelLoadError,
+    ServiceUnavailableError,
+    TemplateRenderError,
+)
 
 # ChatML, which most small instruct models speak: a known-good template to test with and to
 # copy into a catalog chat_template. Never a fallback: a model without one is completion only.
@@ -67,12 +71,6 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 _WORKER = [sys.executable, "-I", "-m", "bastion.engine.template_worker"]
-
-
-class TemplateRenderError(InvalidRequestError):
-    """The template rejected the conversation or went past its bounds rendering it."""
-
-    code = "invalid_messages"
 
 
 class _WorkerGoneError(Exception):

@@ -103,15 +103,17 @@ def sign_directory(directory: Path, key: SecretKey) -> Path:
     return path
 
 
-def check_directory(
-    directory: Path,
-    trusted: list[PublicKey],
-    *,
-    require_signature: bool,
-    files: Path | None = None,
-    progress: Callable[[int], None] | None = None,
+def system_fingerprint(root_digest: str, signer: str | None) -> str:
+    """What every answer carries as ``system_fingerprint``: the manifest's root digest (which
+    pins every file's SHA-256, the weights' included) and the key that signed it."""
+    return f"sha256:{root_digest}/key:{signer or 'unsigned'}"
+
+
+def check_signature(
+    directory: Path, trusted: list[PublicKey], *, require_signature: bool
 ) -> Provenance:
-    """Signature first, then every file; IntegrityError naming what failed."""
+    """The manifest and its signature only, no file hashed: what the directory claims and
+    who vouches for it. ``check_directory`` also holds the files to it."""
     try:
         manifest_bytes = (directory / MANIFEST_NAME).read_bytes()
         manifest = parse(manifest_bytes.decode("utf-8"))
@@ -131,6 +133,20 @@ def check_directory(
         except SignatureError as exc:
             raise IntegrityError(f"{directory / MANIFEST_NAME}: {exc}") from None
         signer = verified.key.id_text
+    return Provenance(manifest, manifest.root_digest(), signer)
+
+
+def check_directory(
+    directory: Path,
+    trusted: list[PublicKey],
+    *,
+    require_signature: bool,
+    files: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Provenance:
+    """Signature first, then every file; IntegrityError naming what failed."""
+    provenance = check_signature(directory, trusted, require_signature=require_signature)
+    manifest = provenance.manifest
     report: Report = verify_directory(directory, manifest, files=files, progress=progress)
     if not report.ok:
         problems = report.problems()
@@ -139,4 +155,4 @@ def check_directory(
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
             problems,
         )
-    return Provenance(manifest, manifest.root_digest(), signer)
+    return provenance

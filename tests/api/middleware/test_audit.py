@@ -7,14 +7,13 @@ import asyncio
 import json
 from pathlib import Path
 
-from bastion.api.app import create_app
 from bastion.integrity.trust import local_key
 from bastion.security.api_keys import KeyStore
 from bastion.security.audit import LOG_NAME, UNAUTHENTICATED_NAME
 from bastion.security.audit_verify import verify_home
 from bastion.security.checkpoints import Checkpoint, checkpoints_path
 from bastion.settings import Settings
-from tests.api.stub_app import MODEL, StubEngine, client, store_model
+from tests.api.stub_app import MODEL, client, fake_app, store_model
 
 REMOTE = "192.0.2.10"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -34,7 +33,7 @@ async def serve(home: Path, *, requests: int, refusals: int) -> None:
         auth={"loopback_bypass": False},
         audit={"max_bytes": 16384, "unauthenticated_max_bytes": 4096},
     )
-    app = create_app(settings, home, StubEngine)
+    app, _ = fake_app(settings, home)
     async with app.router.lifespan_context(app):
         await app.state.registry.wait_loaded()
         async with client(app, REMOTE, key) as caller, client(app, REMOTE) as stranger:

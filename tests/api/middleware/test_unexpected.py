@@ -14,7 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.api.middleware.unexpected import UnexpectedErrorMiddleware
 from tests.api.stub_app import MODEL, client, running_app
+from tests.fakes import FakeBehaviour
 
+LOOPBACK = "127.0.0.1"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -39,18 +41,13 @@ def audit_records(home: Path) -> list[dict[str, Any]]:
 def test_an_unhandled_exception_is_a_500_with_the_id_and_audited(
     home: Path,
     error: Exception,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> httpx.Response:
-        async with running_app(home) as app:
-
-            def fail(name: str | None) -> None:
-                raise error
-
-            monkeypatch.setattr(app.state.registry, "resolve", fail)
-            async with client(app, "127.0.0.1") as http:
-                return await http.post("/v1/chat/completions", json=CHAT)
+        # The engine fails before its first chunk with an error nothing expects.
+        behaviour = FakeBehaviour(fail_with=error, fail_after=0)
+        async with running_app(home, behaviour=behaviour) as app, client(app, LOOPBACK) as http:
+            return await http.post("/v1/chat/completions", json=CHAT)
 
     with caplog.at_level(logging.ERROR):
         response = asyncio.run(scenario())

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from bastion.catalog import SMOLLM2
-from tests.api.stub_app import MODEL, WEIGHTS, client, running_app, store_model, url_entry
+from tests.api.stub_app import MODEL, WEIGHTS, client, serving, store_model, url_entry
 
 LOOPBACK = "127.0.0.1"  # full rights while auth.loopback_bypass is on (the default)
 
 
 async def _calls(home: Path, calls: list[tuple[str, str, object]], busy: int = 0) -> list[int]:
-    async with running_app(home) as app, client(app, LOOPBACK) as http:
-        app.state.registry.resolve(MODEL).engine.running = busy
+    async with serving(home) as (app, engines), client(app, LOOPBACK) as http:
+        engines[0].running = busy  # looks busy to the catalog routes
         return [(await http.request(m, p, json=b)).status_code for m, p, b in calls]
 
 

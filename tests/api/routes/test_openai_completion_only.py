@@ -1,14 +1,13 @@
 """OpenAI routes over a completion-only model: chat is refused by name, completions serve.
 
-The stand-in engine takes its capability from the verified model, as the real one does, so
-these tests also cover catalog entry -> ``LocalModel`` -> ``ModelInfo.chat`` -> route.
+The fake engine takes its capability from the model spec, as the real one does from the
+verified model, so these tests also cover catalog entry -> ``ModelSpec`` -> ``ModelInfo.chat``
+-> route.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,11 @@ import httpx
 import pytest
 import yaml
 
-from bastion.api.app import create_app
-from bastion.engine.base import Chunk, GenerationParams
 from bastion.settings import Settings
-from bastion.store.package import LocalModel
-from tests.api.stub_app import MODEL, StubEngine, client, running_app, store_model
+from tests.api.stub_app import MODEL, client, fake_app, running_app, store_model
 
 BASE = "tiny-base"
 USER = [{"role": "user", "content": "What is 2+2?"}]
-
-
-class CapabilityStub(StubEngine):
-    """Chats only when its model has a template; records what reached it."""
-
-    def __init__(self, model: LocalModel) -> None:
-        super().__init__(model)
-        self._info = dataclasses.replace(self._info, chat=not model.completion_only)
-        self.seen: list[GenerationParams] = []
-
-    async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
-        self.seen.append(params)
-        yield Chunk("ok", prompt_tokens=1, completion_tokens=1)
 
 
 def serve_base(home: Path, requests: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
@@ -46,14 +29,9 @@ def serve_base(home: Path, requests: list[tuple[str, str, dict[str, Any]]]) -> l
     data = yaml.safe_load(catalog.read_text())
     data["models"][BASE]["tags"] = ["small", "base"]
     catalog.write_text(yaml.safe_dump(data))
-    engines: list[CapabilityStub] = []
-
-    def factory(local: LocalModel) -> CapabilityStub:
-        engines.append(CapabilityStub(local))
-        return engines[-1]
+    app, engines = fake_app(Settings(server={"default_model": BASE}), home)
 
     async def scenario() -> list[httpx.Response]:
-        app = create_app(Settings(server={"default_model": BASE}), home, factory)
         async with app.router.lifespan_context(app):
             await app.state.registry.wait_loaded()
             async with client(app, "127.0.0.1") as http:
@@ -99,7 +77,8 @@ def test_a_base_model_still_completes_and_says_it_does_not_chat(tmp_path: Path) 
     (text, streamed, models, card), seen = serve_base(
         tmp_path,
         [
-            ("POST", "/v1/completions", {"model": BASE, "prompt": "2+2="}),
+            # One token: the fake repeats its one-word reply to fill max_tokens (16 here).
+            ("POST", "/v1/completions", {"model": BASE, "prompt": "2+2=", "max_tokens": 1}),
             ("POST", "/v1/completions", {"prompt": "2+2=", "stream": True}),
             ("GET", "/v1/models", {}),
             ("GET", f"/v1/models/{BASE}", {}),

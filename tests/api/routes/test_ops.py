@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bastion.api.app import create_app
 from bastion.security.api_keys import INFERENCE, KeyStore
 from bastion.settings import Settings
-from tests.api.stub_app import MODEL, StubEngine, client, store_model
+from tests.api.stub_app import MODEL, client, fake_app, store_model
 
 POINTER = "/api/status"
 
@@ -40,7 +39,7 @@ def _edit_the_manifest(directory: Path) -> None:
 async def _responses(home: Path) -> tuple[dict[str, object], dict[str, object], object]:
     settings = Settings(server={"default_model": MODEL})
     token = KeyStore(home).create("caller", {INFERENCE})  # a caller, not an operator
-    app = create_app(settings, home, StubEngine)
+    app, _ = fake_app(settings, home)
     async with app.router.lifespan_context(app):
         await app.state.registry.wait_loaded()
         async with (

@@ -56,37 +56,69 @@ def _audit(
     return record
 
 
+async def _acquire(request: Request, name: str | None) -> ServedModel:
+    """The model for this request; one that must load first is waited for unless the
+    client leaves (then its place in the queue goes too)."""
+    registry = _registry(request)
+    served = registry.acquire_nowait(name)
+    if served is None:
+        served = await serving.race_disconnect(registry.acquire(name), request.receive)
+    return served
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    model = _registry(request).resolve(body.model)
-    if not model.info.chat:
-        # A base model under a guessed chat format answers with the format's markers as text.
-        raise ModelNotChatError(
-            f"The model '{model.info.name}' is completion only (a base model without a chat "
-            "template): send it a prompt at /v1/completions, or use a chat model here.",
-            param="model",
-        )
-    return await serving.complete_chat(model, body, request.receive, _audit(request, model, body))
+    model = await _acquire(request, body.model)
+    try:
+        if not model.info.chat:
+            # A base model under a guessed chat format answers with the format's markers.
+            raise ModelNotChatError(
+                f"The model '{model.info.name}' is completion only (a base model without a "
+                "chat template): send it a prompt at /v1/completions, or use a chat model here.",
+                param="model",
+            )
+        record = _audit(request, model, body)
+        return await serving.complete_chat(model, body, request.receive, record)
+    finally:
+        # The response has started (or failed): the admission queue holds the model now.
+        model.release()
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    model = _registry(request).resolve(body.model)
-    return await serving.complete_text(model, body, request.receive, _audit(request, model, body))
+    model = await _acquire(request, body.model)
+    try:
+        record = _audit(request, model, body)
+        return await serving.complete_text(model, body, request.receive, record)
+    finally:
+        model.release()
 
 
-def _model_card(served: ServedModel) -> dict[str, Any]:
+def _model_card(name: str, state: dict[str, object], served: ServedModel | None) -> dict[str, Any]:
+    """Every catalog model has a card with its ``state``; a loaded one also says which
+    verified weights answer."""
+    if served is None or state["state"] != "ready":
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "bastion",
+            "state": state["state"],
+        }
     info, local = served.info, served.local
     return {
         "id": info.name,
         "object": "model",
         "created": info.created,
         "owned_by": "bastion",
+        "state": state["state"],
         "digest": f"sha256:{info.digest}",
         "manifest_digest": f"sha256:{local.manifest_digest}",
         "signer": local.signer,
+        # what answers from this model carry: compare with a response's system_fingerprint
+        "system_fingerprint": served.fingerprint,
         "context_length": info.context_length,
         "capabilities": {"chat": info.chat, "completion": True},
     }
@@ -94,13 +126,18 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    cards = [_model_card(served) for served in _registry(request).served()]
+    registry = _registry(request)
+    states = registry.states()
+    # Loaded models first (what answers without a wait), then the rest in catalog order.
+    names = sorted(states, key=lambda name: states[name]["state"] != "ready")
+    cards = [_model_card(name, states[name], registry.card(name)) for name in names]
     return JSONResponse({"object": "list", "data": cards})
 
 
 @router.get("/v1/models/{name}")
 async def get_model(request: Request, name: str) -> JSONResponse:
-    for served in _registry(request).served():
-        if served.info.name == name:
-            return JSONResponse(_model_card(served))
-    raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+    registry = _registry(request)
+    state = registry.states().get(name)
+    if state is None:
+        raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+    return JSONResponse(_model_card(name, state, registry.card(name)))

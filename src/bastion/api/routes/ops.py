@@ -20,7 +20,9 @@ async def health() -> JSONResponse:
 async def metrics(request: Request) -> Response:
     """Prometheus text format; behind the same authentication as everything but /health."""
     registry: ModelRegistry = request.app.state.registry
-    body = request.app.state.metrics.render(lambda: registry.states(detail=True))
+    body = request.app.state.metrics.render(
+        lambda: registry.states(detail=True), swaps=registry.swaps
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -24,13 +24,22 @@ from pathlib import Path
 
 import llama_cpp as ll
 
-from bastion.engine.base import Chunk, FinishReason, GenerationParams, ModelInfo, TokenLogprob
+from bastion.engine.base import (
+    Chunk,
+    EngineState,
+    FinishReason,
+    GenerationParams,
+    ModelInfo,
+    ModelSpec,
+    TokenLogprob,
+)
 from bastion.engine.chat_template import ChatTemplate
-from bastion.engine.llamacpp.batch import add_token, logits_row
+from bastion.engine.lifecycle import Lifecycle
+from bastion.engine.llamacpp.batch import add_token, logits_row, open_context
 from bastion.engine.llamacpp.budget import check_logit_bias, completion_budget
 from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel, repack_decision
-from bastion.engine.llamacpp.prompt import ChatPrompt, request_tokens
+from bastion.engine.llamacpp.prompt import ChatPrompt, chat_prompt, request_tokens
 from bastion.engine.llamacpp.requests import (
     Item,
     Request,
@@ -100,34 +109,52 @@ class LlamaCppEngine:
         self._created = int(time.time())
         self._chat = False
         """Set at load: whether the model has a chat template to render messages with."""
+        self._memory = 0
+        self.lifecycle = Lifecycle(name, "llamacpp")
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, settings: EngineSettings) -> LlamaCppEngine:
+        """The engine for a verified model; ``settings`` already carry the model's own."""
+        assert spec.weights is not None  # noqa: S101 - the factory refuses a spec without
+        return cls(
+            spec.name,
+            spec.weights,
+            spec.digest,
+            settings,
+            chat_template=spec.chat_template,
+            identity=spec.identity,
+            completion_only=spec.completion_only,
+        )
 
     # ---- lifecycle (event-loop side) -------------------------------------------------
 
     async def start(self) -> None:
+        self.lifecycle.move(EngineState.STARTING, f"loading {self._weights.name} in this process")
         self._thread = threading.Thread(target=self._run, name=f"engine-{self._name}", daemon=True)
         self._thread.start()
         await asyncio.to_thread(self._loaded.wait)
         if self._load_error is not None:
+            message = getattr(self._load_error, "message", None) or "failed to load"
+            self.lifecycle.move(EngineState.FAILED, message)
             raise self._load_error
+        if not self._closed and not self._failed:
+            self.lifecycle.move(EngineState.READY, "loaded and passed its self-test")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.lifecycle.move(EngineState.STOPPING, "closing")
         if self._template is not None:
             self._template.close()  # a render in progress fails now instead of delaying shutdown
         self._inbox.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self.lifecycle.move(EngineState.STOPPED, "closed")
 
     @property
     def ready(self) -> bool:
-        return (
-            self._loaded.is_set()
-            and self._load_error is None
-            and not self._closed
-            and not self._failed
-        )
+        return self.lifecycle.ready and not self._closed and not self._failed
 
     @property
     def running(self) -> int:
@@ -137,7 +164,12 @@ class LlamaCppEngine:
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(
-            self._name, self._digest, self._ctx_per_slot, self._created, chat=self._chat
+            self._name,
+            self._digest,
+            self._ctx_per_slot,
+            self._created,
+            chat=self._chat,
+            memory=self._memory,
         )
 
     # ---- requests (event-loop side) ----------------------------------------------------
@@ -199,11 +231,15 @@ class LlamaCppEngine:
         self._loaded.set()
         try:
             self._loop()
-        except BaseException:
+        except BaseException as exc:
             # Nothing may wait forever on a dead engine: fail every request it holds.
             log.exception("the engine thread of %s failed", self._name)
             self._failed = True
+            self.lifecycle.move(
+                EngineState.FAILED, f"the engine thread died: {exc.__class__.__name__}"
+            )
             self._fail_all(EngineError("the engine failed; the request was not completed"))
+            self._running = 0
         finally:
             self._release()
 
@@ -226,62 +262,28 @@ class LlamaCppEngine:
                 "verification and load; refusing it"
             )
         self._load_template(model)
-        ctx_per_slot = min(settings.ctx_per_slot, model.n_ctx_train or settings.ctx_per_slot)
-        params = ll.llama_context_default_params()
-        params.n_ctx = ctx_per_slot * settings.slots
-        params.n_seq_max = settings.slots
-        params.n_batch = params.n_ubatch = max(settings.batch_tokens, settings.slots)
-        params.n_threads = params.n_threads_batch = settings.resolved_threads()
-        # A KV stream per slot: attention over a sequence never mixes in other sequences'
-        # cells, so the same request gives the same text alone or batched.
-        params.kv_unified = False
-        params.no_perf = True
-        ctx = ll.llama_init_from_model(model.ptr, params)
-        if not ctx:
-            raise ModelLoadError(f"llama.cpp could not create a context for '{self._name}'")
-        self._ctx = ctx
-        self._kv = SlotStreams(ctx)
-        self._ctx_per_slot = min(ctx_per_slot, int(ll.llama_n_ctx_seq(ctx)))
-        self._n_batch = int(params.n_batch)
-        self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
+        opened = open_context(self._name, model, settings)
+        self._ctx, self._batch, self._n_batch = opened.ctx, opened.batch, opened.n_batch
+        self._kv = SlotStreams(opened.ctx)
+        self._ctx_per_slot = opened.ctx_per_slot
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
+        self._memory = model.memory_bytes(opened.n_ctx)
         self._self_test(model)
         log.info(
             "loaded %s: %d slots x %d tokens, %d threads, %.2fs",
             self._name,
             settings.slots,
             self._ctx_per_slot,
-            params.n_threads,
+            opened.threads,
             time.perf_counter() - started,
         )
 
     def _load_template(self, model: LlamaModel) -> None:
-        """The catalog's template, else the GGUF's; without one the model is completion only.
-
-        No fallback: a base model under a guessed format (ChatML) answers chat with the
-        format's markers as text, which looks like a broken server rather than a wrong model.
-        A completion-only model starts no template worker.
-        """
-        source = None if self._completion_only else self._chat_template or model.chat_template()
-        if source is None:
-            why = (
-                "the catalog marks it as a base model"
-                if self._completion_only
-                else "it carries no chat template"
-            )
-            log.info(
-                "%s is completion only (%s): /v1/chat/completions refuses it with 400; "
-                "give it a chat_template in the catalog to chat",
-                self._name,
-                why,
-            )
-            return
-        # Checked before a context exists: a template refused at load costs no KV memory.
-        self._template = ChatTemplate(
-            source, bos_token=model.bos_text, eos_token=model.eos_text, model_name=self._name
-        )
-        self._prompt = ChatPrompt(model, self._template)
-        self._chat = True
+        """Checked before a context exists: a template refused at load costs no KV memory."""
+        source = None if self._completion_only else self._chat_template
+        self._prompt = chat_prompt(self._name, model, source, completion_only=self._completion_only)
+        if self._prompt is not None:
+            self._template, self._chat = self._prompt.template, True
 
     def _self_test(self, model: LlamaModel) -> None:
         """Decode a fixed prompt before serving (see ``selftest``); also the warm-up."""
@@ -320,6 +322,7 @@ class LlamaCppEngine:
                 for item in queue_:
                     request_of(item).send(error)
                 self._fail_queued(error)
+                self._running = 0
                 self._flush()
                 return
             running[:] = [s for s in running if not self._drop_if_cancelled(s)]

@@ -63,6 +63,14 @@ class LlamaModel:
             ll.llama_model_free(self.ptr)
             self.ptr = None
 
+    def memory_bytes(self, n_ctx: int) -> int:
+        """Weights in memory plus an f16 KV cache of ``n_ctx`` cells over every layer."""
+        ptr = self.ptr
+        heads = max(1, int(ll.llama_model_n_head(ptr)))
+        kv_width = int(ll.llama_model_n_embd(ptr)) * int(ll.llama_model_n_head_kv(ptr)) // heads
+        kv = n_ctx * int(ll.llama_model_n_layer(ptr)) * 2 * kv_width * 2
+        return int(ll.llama_model_size(ptr)) + kv
+
     def meta(self, key: str) -> str | None:
         size = 1 << 16
         buf = ctypes.create_string_buffer(size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from bastion.engine.base import ChatMessage, GenerationParams
@@ -9,6 +10,37 @@ from bastion.engine.chat_template import ChatTemplate
 from bastion.engine.llamacpp.model import LlamaModel
 from bastion.engine.special_text import SpecialTextShield
 from bastion.errors import InvalidRequestError, ModelNotChatError
+
+log = logging.getLogger(__name__)
+
+
+def chat_prompt(
+    name: str, model: LlamaModel, catalog_template: str | None, *, completion_only: bool
+) -> ChatPrompt | None:
+    """The catalog's template, else the GGUF's; without one the model is completion only.
+
+    No fallback: a base model under a guessed format (ChatML) answers chat with the format's
+    markers as text, which looks like a broken server rather than a wrong model. A
+    completion-only model starts no template worker.
+    """
+    source = None if completion_only else catalog_template or model.chat_template()
+    if source is None:
+        why = (
+            "the catalog marks it as a base model"
+            if completion_only
+            else "it carries no chat template"
+        )
+        log.info(
+            "%s is completion only (%s): /v1/chat/completions refuses it with 400; "
+            "give it a chat_template in the catalog to chat",
+            name,
+            why,
+        )
+        return None
+    template = ChatTemplate(
+        source, bos_token=model.bos_text, eos_token=model.eos_text, model_name=name
+    )
+    return ChatPrompt(model, template)
 
 
 class ChatPrompt:
@@ -18,6 +50,10 @@ class ChatPrompt:
         self._model = model
         self._template = template
         self._shield = SpecialTextShield(model.special_texts())
+
+    @property
+    def template(self) -> ChatTemplate:
+        return self._template
 
     def tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         model = self._model
