@@ -115,3 +115,11 @@ def test_max_tokens_settings_bound_output_by_default() -> None:
     for bad in (1, 15, -1):  # below 16 would refuse every legacy completion's default
         with pytest.raises(ValidationError):
             EngineSettings(max_tokens_limit=bad)
+
+
+@pytest.mark.parametrize("url", ["ftp://hooks.example/x", "hooks.example/x", "http://h:port/x"])
+def test_a_webhook_url_that_is_not_http_is_refused_at_start(home: Path, url: str) -> None:
+    home.mkdir(parents=True)
+    (home / "bastion.yaml").write_text(f"router:\n  webhook_url: '{url}'\n")
+    with pytest.raises(ConfigError, match="router.webhook_url"):
+        load_settings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -299,6 +300,20 @@ class RouterSettings(_Section):
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="Name of the environment variable holding the webhook's HMAC secret.",
     )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_an_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urllib.parse.urlsplit(value)
+        try:
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
 
 class StoreSettings(_Section):

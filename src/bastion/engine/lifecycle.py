@@ -54,13 +54,13 @@ class Lifecycle:
 
     def move(self, state: EngineState, reason: str) -> bool:
         """Enter ``state``; False (and nothing logged) when already there. A failed engine
-        stays failed until it is started again: a late "stopped" from a dying thread does
-        not hide why it failed."""
+        stays failed until it is started again (``starting``): closing it does not hide why
+        it failed, and a "ready" decided just before its thread died cannot revive it."""
         with self._lock:
             previous = self._state
             if previous is state:
                 return False
-            if previous is EngineState.FAILED and state is EngineState.STOPPED:
+            if previous is EngineState.FAILED and state is not EngineState.STARTING:
                 return False
             self._state, self._reason, self._since = state, reason, time.monotonic()
         level = logging.ERROR if state is EngineState.FAILED else logging.INFO
