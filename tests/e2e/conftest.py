@@ -98,14 +98,10 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def start_server(
-    home: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
-) -> Server:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    environ.update({"BASTION_HOME": str(home), "BASTION_ENGINE__THREADS": "2"})
-    environ.update(env or {})
+def launch(args: list[str], environ: dict[str, str]) -> Server:
+    """``bastion ARGS...`` with its stderr collected line by line into ``Server.log``."""
     process = subprocess.Popen(
-        [str(BASTION), "serve", "--port", "0", *args],
+        [str(BASTION), *args],
         env=environ,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -120,6 +116,16 @@ def start_server(
 
     server.pump = threading.Thread(target=pump, daemon=True)
     server.pump.start()
+    return server
+
+
+def start_server(
+    home: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+) -> Server:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
+    environ.update({"BASTION_HOME": str(home), "BASTION_ENGINE__THREADS": "2"})
+    environ.update(env or {})
+    server = launch(["serve", "--port", "0", *args], environ)
     try:
         server.base_url = server.wait_for_log(LISTENING.pattern).group(1)
         if wait_ready:

@@ -12,7 +12,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import BASTION, Server
+from tests.e2e.conftest import BASTION, Server, launch
 
 pytestmark = pytest.mark.e2e
 NAME = "bastion.lan"
@@ -47,23 +46,7 @@ def bastion(home: Path, *args: str) -> str:
 def serve(home: Path, *args: str, **env: str) -> Server:
     """``bastion serve`` bound as given (conftest's helper expects a 127.0.0.1 listener)."""
     client_ca = str(home / "tls" / "ca.crt")
-    process = subprocess.Popen(
-        [str(BASTION), "serve", *args],
-        env=environ(home, BASTION_TLS__CLIENT_CA=client_ca, **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = Server(process)
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            server.log.append(line)
-
-    server.pump = threading.Thread(target=pump, daemon=True)
-    server.pump.start()
-    return server
+    return launch(["serve", *args], environ(home, BASTION_TLS__CLIENT_CA=client_ca, **env))
 
 
 def wait_ready(server: Server, home: Path, port: int, timeout: float = 120) -> None:
