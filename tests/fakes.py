@@ -49,6 +49,8 @@ class FakeBehaviour:
     """Raised by every generation once it has yielded ``fail_after`` chunks (0: before the
     first one, after the context check), as an engine that fails mid-stream does."""
     fail_after: int = 0
+    hang_load: bool = False
+    """``start()`` never finishes (a child that never answers ``init``) until cancelled."""
 
 
 class FakeEngine:
@@ -65,6 +67,7 @@ class FakeEngine:
         """Every request that reached ``generate``, refused or not."""
         self._created = int(time.time())
         self._active: set[asyncio.Queue[Exception | None]] = set()
+        self.closed = False
 
     @property
     def info(self) -> ModelInfo:
@@ -82,6 +85,8 @@ class FakeEngine:
         self.lifecycle.move(EngineState.STARTING, "loading (fake)")
         if self.behaviour.load_delay:
             await asyncio.sleep(self.behaviour.load_delay)
+        if self.behaviour.hang_load:
+            await asyncio.Event().wait()
         if self.behaviour.fail_load is not None:
             self.lifecycle.move(EngineState.FAILED, self.behaviour.fail_load)
             raise ModelLoadError(self.behaviour.fail_load)
@@ -139,7 +144,16 @@ class FakeEngine:
             queue.put_nowait(EngineError("the engine failed; the request was not completed"))
         self.lifecycle.move(EngineState.FAILED, reason)
 
+    def restarting(self) -> None:
+        """After ``crash()``: the supervisor starts the engine again (``finish_restart()``
+        makes it ready), as a supervised engine restarting after a crash does."""
+        self.lifecycle.move(EngineState.STARTING, "restarting after a crash (fake)")
+
+    def finish_restart(self) -> None:
+        self.lifecycle.move(EngineState.READY, "restarted (fake)")
+
     async def close(self) -> None:
+        self.closed = True
         self.lifecycle.move(EngineState.STOPPING, "closing (fake)")
         for queue in self._active:
             queue.put_nowait(ServiceUnavailableError("the server is shutting down"))

@@ -41,8 +41,9 @@ from bastion.errors import (
     TooManyRequestsError,
 )
 from bastion.router.placement import make_room
-from bastion.router.scheduler import RETRY_FAILED, Phase, Scheduler, Slot, wait_event
+from bastion.router.scheduler import RETRY_FAILED, Scheduler
 from bastion.router.served import ServedModel
+from bastion.router.slot import Phase, Slot, wait_event
 from bastion.router.webhook import Webhook
 from bastion.settings import RouterSettings
 
@@ -55,6 +56,17 @@ StateListener = Callable[[str, str, str], None]
 """Hears ``(model, engine kind, state)`` on every state change of a model."""
 
 __all__ = ["EngineFactory", "ModelRegistry", "ServedModel", "StateListener"]
+
+RETRY_RESTARTING = 5
+"""Least Retry-After (seconds) of a model whose engine restarts after a crash; its last load
+time when that was longer (a restart is a load)."""
+
+
+def describe_size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 class ModelRegistry(Scheduler):
@@ -152,6 +164,7 @@ class ModelRegistry(Scheduler):
         if served is not None:
             return served
         self._check_failed(slot, None)
+        self._check_fits(slot)
         queued = len(slot.waiters) + slot.admission.waiting
         if queued >= self._settings.max_queue:
             raise TooManyRequestsError(
@@ -169,6 +182,7 @@ class ModelRegistry(Scheduler):
                 if served is not None:
                     return served
                 self._check_failed(slot, arrival)
+                self._check_fits(slot)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ModelUnavailableError(
@@ -201,15 +215,30 @@ class ModelRegistry(Scheduler):
         return ServedModel(engine, slot.admission, local, release)
 
     def _check_failed(self, slot: Slot, waiting_since: float | None) -> None:
-        """Raise 503 for a failed model; a failure older than ``RETRY_FAILED`` is retried."""
+        """Raise 503 for a failed model, or one restarting after a crash. A failure older
+        than ``RETRY_FAILED``, or a restart longer than ``router.load_timeout``, is retried:
+        the model is unloaded and the request waits for it to load again."""
         now = time.monotonic()
         engine = slot.engine
+        if engine is not None and slot.phase is not Phase.IDLE:
+            return  # being loaded, or replaced (a retry, an operator's load): wait for it
         if engine is not None and engine.lifecycle.state is EngineState.FAILED:
             age = now - engine.lifecycle.since
-            if age >= RETRY_FAILED and slot.phase is Phase.IDLE and not self._busy(slot):
+            if age >= RETRY_FAILED and not self._busy(slot):
                 self._start_unload(slot, "failed; reloading on demand")
                 return
             self._refuse(slot, RETRY_FAILED - age)
+        if engine is not None and self._restarting(slot):
+            limit = self._settings.load_timeout
+            if now - engine.lifecycle.since >= limit and not self._busy(slot):
+                why = f"its restart took longer than router.load_timeout ({limit:g}s); reloading"
+                self._start_unload(slot, why)
+                return
+            raise ModelUnavailableError(
+                f"The model '{slot.name}' is restarting after its engine failed. Retry in a "
+                "few seconds.",
+                retry_after=max(RETRY_RESTARTING, math.ceil(slot.load_seconds or 0)),
+            )
         if engine is None and slot.error is not None:
             if waiting_since is not None and slot.failed_at >= waiting_since:
                 self._refuse(slot, RETRY_FAILED)
@@ -217,6 +246,17 @@ class ModelRegistry(Scheduler):
                 self._refuse(slot, RETRY_FAILED - (now - slot.failed_at))
             slot.error = None  # long enough ago: try again
             self._publish(slot)
+
+    def _check_fits(self, slot: Slot) -> None:
+        """Raise 503 at once for a model bigger than ``router.max_memory`` on its own."""
+        limit, need = self._settings.max_memory, self._estimate(slot)
+        if limit and need > limit:
+            raise ModelUnavailableError(
+                f"The model '{slot.name}' needs about {describe_size(need)} of memory, more "
+                f"than router.max_memory ({describe_size(limit)}) allows with no other model "
+                "loaded: it cannot be served until an operator raises router.max_memory.",
+                param="model",
+            )
 
     def _refuse(self, slot: Slot, retry_in: float) -> None:
         # The reason (paths, digests) is for operators, not for callers: say where it is.
@@ -248,6 +288,7 @@ class ModelRegistry(Scheduler):
         try:
             if not await self._settle(slot):
                 return self._result(slot, [], None)
+            self._check_fits(slot)
             gone = make_room(self._residents(), self._estimate(slot), self._limits())
             if gone is None:
                 raise ModelConflictError(
@@ -267,14 +308,14 @@ class ModelRegistry(Scheduler):
         try:
             if not await self._settle(slot):
                 return self._result(slot, [], None)
+            self._check_fits(slot)
             need = self._estimate(slot)
             gone = make_room(self._residents(), need, self._limits())
             if gone is None:
                 gone = make_room(self._residents(), need, self._limits(), take_busy=True)
             if gone is None:
                 raise ModelConflictError(
-                    f"'{name}' does not fit within router.max_memory even alone, or the "
-                    "models in its way are changing state; retry later",
+                    f"the models in the way of '{name}' are loading or unloading; retry later",
                     param="model",
                 )
             why = await self._drain(gone, name)
@@ -320,10 +361,18 @@ class ModelRegistry(Scheduler):
     async def _settle(self, slot: Slot) -> bool:
         """Wait for a load or unload of ``slot`` in progress; clear a failure so it loads
         again. False when it is ready already (nothing to do)."""
-        deadline = time.monotonic() + self._settings.load_timeout
+        limit = self._settings.load_timeout
+        deadline = time.monotonic() + limit
         while True:
             while slot.phase is not Phase.IDLE:
-                await self._changed.wait()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ModelConflictError(
+                        f"'{slot.name}' is still {self._state(slot).value} after {limit:g}s "
+                        "(router.load_timeout); retry later",
+                        param="model",
+                    )
+                await wait_event(self._changed, remaining)
             engine = slot.engine
             if engine is None:
                 break
@@ -407,7 +456,8 @@ class ModelRegistry(Scheduler):
 
     @property
     def ready(self) -> bool:
-        """The preloads are done and none of the preloaded models failed. A preloaded model
+        """The preloads are done and none of the preloaded models failed or is restarting
+        after a crash. A preloaded model
         that the router unloaded since (idle, or swapped out) still counts: it loads again
         on demand."""
         if self._preload is None or not self._preload.done():
@@ -415,6 +465,7 @@ class ModelRegistry(Scheduler):
         for name in self._preload_names:
             if name not in self._catalog.entries:
                 return False
-            if self._state(self._slot(name)) is EngineState.FAILED:
+            slot = self._slot(name)
+            if self._state(slot) is EngineState.FAILED or self._restarting(slot):
                 return False
         return True

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,11 @@ from bastion.engine.base import Engine, EngineState, ModelSpec
 from bastion.errors import BastionError, ModelConflictError
 from bastion.router.admission import Admission
 from bastion.router.placement import Limits, Resident, make_room
+from bastion.router.slot import Phase, Slot, wait_event
 from bastion.router.spec import model_spec, weights_on_disk
 from bastion.router.webhook import Event, Webhook
 from bastion.settings import RouterSettings
-from bastion.store.package import LocalModel, verify_local
+from bastion.store.package import verify_local
 from bastion.store.pull import prepare
 
 log = logging.getLogger(__name__)
@@ -43,58 +42,6 @@ RETRY_FAILED = 30.0
 ``load`` or ``swap`` retries at once)."""
 HOUSEKEEPING = 5.0
 """Longest sleep of the scheduler between passes (a cheap safety net; passes are woken)."""
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> None:
-    """Wait for ``event`` at most ``seconds``. Not ``asyncio.wait_for``: on Python
-    3.11 it swallows a cancellation that arrives as the event is set, and the task that
-    should stop (a request whose client left, the scheduler at shutdown) carries on."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-class Phase(enum.Enum):
-    IDLE = "idle"
-    LOADING = "loading"
-    """Import, verification and engine start in progress."""
-    UNLOADING = "unloading"
-
-
-@dataclass(eq=False)
-class Slot:
-    """What the router knows of one model, loaded or not."""
-
-    name: str
-    admission: Admission = field(init=False)
-    engine: Engine | None = None
-    local: LocalModel | None = None
-    phase: Phase = Phase.IDLE
-    error: str | None = None
-    """Why the last load failed (operators only); None once it loads or is retried."""
-    failed_at: float = 0.0
-    load_seconds: float | None = None
-    verify_seconds: float | None = None
-    memory: int = 0
-    """What the model held when last loaded (``ModelInfo.memory``): the next estimate."""
-    last_used: float = 0.0
-    """``time.monotonic()`` of the last request's arrival or end (or of the load)."""
-    waiters: list[float] = field(default_factory=list)
-    """Arrival times of requests waiting for the model to load (or to stop draining)."""
-    leases: int = 0
-    """Requests that acquired the model and have not released it."""
-    draining_since: float | None = None
-    """Set while the model makes way for another: later arrivals queue instead."""
-    draining_for: str | None = None
-    unload_reason: str = "idle"
-    loads: int = 0
-    unloads: int = 0
-    published: str = ""
-
-    def last_used_wall(self) -> float | None:
-        if not self.last_used:
-            return None
-        return round(time.time() - (time.monotonic() - self.last_used), 3)
 
 
 class Scheduler:
@@ -187,6 +134,16 @@ class Scheduler:
             if memory:
                 return memory
         return self._estimate(slot)
+
+    def _restarting(self, slot: Slot) -> bool:
+        """Its engine is restarting by itself after a crash (a supervised engine)."""
+        engine = slot.engine
+        return (
+            engine is not None
+            and slot.served
+            and slot.phase is Phase.IDLE
+            and engine.lifecycle.state is EngineState.STARTING
+        )
 
     def _limits(self) -> Limits:
         return Limits(self._settings.max_loaded, self._settings.max_memory)
@@ -403,20 +360,27 @@ class Scheduler:
         engine: Engine | None = None
         spec: ModelSpec | None = None
         try:
-            model = self._catalog.get(slot.name)
-            await asyncio.to_thread(prepare, self._home, model)
-            verify_started = time.perf_counter()
-            local = await asyncio.to_thread(
-                functools.partial(verify_local, require_signature=self._require_signature),
-                self._home,
-                model,
-            )
-            slot.verify_seconds = time.perf_counter() - verify_started
-            spec = model_spec(model, local)
-            engine = self._factory(spec)
-            self._watch(slot, engine)
-            slot.engine, slot.local = engine, local
-            await engine.start()
+            # Bounded: a child that never answers must not hold the slot (and the one
+            # change in progress) forever; cancelling start() kills what it started.
+            async with asyncio.timeout(self._settings.load_timeout):
+                model = self._catalog.get(slot.name)
+                await asyncio.to_thread(prepare, self._home, model)
+                verify_started = time.perf_counter()
+                local = await asyncio.to_thread(
+                    functools.partial(verify_local, require_signature=self._require_signature),
+                    self._home,
+                    model,
+                )
+                slot.verify_seconds = time.perf_counter() - verify_started
+                spec = model_spec(model, local)
+                engine = self._factory(spec)
+                self._watch(slot, engine)
+                slot.engine, slot.local, slot.served = engine, local, False
+                await engine.start()
+        except TimeoutError:
+            limit = self._settings.load_timeout
+            error = f"loading took longer than router.load_timeout ({limit:g}s)"
+            log.error("model %s is not served: %s", slot.name, error)  # noqa: TRY400
         except BastionError as exc:
             error = exc.message
             log.error("model %s is not served: %s", slot.name, exc.message)  # noqa: TRY400
@@ -499,6 +463,8 @@ class Scheduler:
     def _engine_moved(self, slot: Slot, engine: Engine, state: EngineState) -> None:
         if slot.engine is not engine:
             return
+        if state is EngineState.READY:
+            slot.served = True
         self._publish(slot, state.value)
         if state is EngineState.STOPPED and slot.phase is Phase.IDLE and not self._closing:
             # It stopped by itself: drop it, so that the next request loads it again.

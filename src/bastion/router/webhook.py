@@ -54,6 +54,16 @@ class Event:
         return json.dumps(data, separators=(",", ":")).encode()
 
 
+def where(url: str) -> str:
+    """The endpoint's scheme, host and port, for logs (its path and query may carry a token)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(a malformed URL)"
+    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+
+
 class Webhook:
     def __init__(
         self,
@@ -70,16 +80,23 @@ class Webhook:
         self._backoff = backoff
         self._timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
-        parts = urlsplit(url)
-        self._where = f"{parts.scheme}://{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
+        self._where = where(url)
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> Webhook | None:
         """The configured webhook; None when there is none, or when its secret is missing
         (sending unsigned events to an endpoint that expects signed ones helps nobody)."""
         if not settings.webhook_url:
+            return None
+        try:
+            httpx.URL(settings.webhook_url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            # The reason names the offending character or host, not the query.
+            log.error(  # noqa: TRY400 - a configuration mistake, not a bug: no traceback
+                "router.webhook_url (%s) cannot be used: %s; no webhook events will be sent",
+                where(settings.webhook_url),
+                exc,
+            )
             return None
         secret: bytes | None = None
         if settings.webhook_secret_env:
@@ -114,6 +131,16 @@ class Webhook:
                     response = await client.post(self._url, content=body, headers=headers)
                 except httpx.HTTPError as exc:
                     problem = type(exc).__name__
+                except Exception as exc:  # noqa: BLE001 - logged: a task must not die silently
+                    # Not a network failure (a URL httpx cannot encode, say): retrying won't help.
+                    log.error(  # noqa: TRY400 - the traceback may quote the URL's query
+                        "webhook %s: cannot deliver the %s event of model %s: %s",
+                        self._where,
+                        event.action,
+                        event.model,
+                        type(exc).__name__,
+                    )
+                    return
                 else:
                     if response.is_success:
                         return
