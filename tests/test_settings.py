@@ -121,5 +121,5 @@ def test_max_tokens_settings_bound_output_by_default() -> None:
 def test_a_webhook_url_that_is_not_http_is_refused_at_start(home: Path, url: str) -> None:
     home.mkdir(parents=True)
     (home / "bastion.yaml").write_text(f"router:\n  webhook_url: '{url}'\n")
-    with pytest.raises(ConfigError, match="router.webhook_url"):
+    with pytest.raises(ConfigError, match=r"router\.webhook_url"):
         load_settings()

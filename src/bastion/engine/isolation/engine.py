@@ -4,7 +4,6 @@ process as any other engine (see the package docstring for the shape)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -39,6 +38,11 @@ its requests by then); SIGKILL follows after ``KILL_AFTER`` more."""
 KILL_AFTER = 5.0
 RETRY_LOADING = 2
 """Seconds a 503 for an engine that is (re)loading asks clients to wait (Retry-After)."""
+RETRY_SHUTDOWN = 5
+"""Seconds a 503 for an engine that is closing asks clients to wait (a restart, a reload)."""
+MAX_UNSENT = 32 * 1024 * 1024
+"""Bytes of requests the engine process may leave unread on its channel before new requests
+get a 503: a wedged process must not grow the API process's memory without bound."""
 
 _Item = Chunk | BastionError | None
 
@@ -69,6 +73,7 @@ class IsolatedEngine:
         self._child: EngineProcess | None = None
         self._reader: asyncio.Task[None] | None = None
         self._restarter: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._running = 0
@@ -93,25 +98,48 @@ class IsolatedEngine:
         return self._child.pid if self._child is not None else None
 
     async def start(self) -> None:
+        if self._closing:
+            raise self._unavailable()
         self.lifecycle.move(EngineState.STARTING, "starting its engine process")
         try:
             child = await self._spawn()
-        except _ChildDiedError as exc:
-            message = f"model '{self._spec.name}': the engine process {exc.status} while loading"
-            self.lifecycle.move(EngineState.FAILED, message)
-            raise ModelLoadError(message) from None
-        except BastionError as exc:
-            self.lifecycle.move(EngineState.FAILED, exc.message)
-            raise
         except asyncio.CancelledError:  # the caller gave up waiting (its child is gone)
-            self.lifecycle.move(EngineState.STOPPED, "loading was cancelled")
+            self._settle(EngineState.STOPPED, "loading was cancelled")
             raise
+        except Exception as exc:  # noqa: BLE001 - every failure to start is a failed load
+            error = self._start_error(exc)
+            self._settle(EngineState.FAILED, error.message)
+            raise error from None
+        if self._closing:  # closed while it loaded: close() found no child to stop
+            await _end(child)
+            raise self._unavailable()
         self._serve(child, "loaded in its engine process")
+
+    def _start_error(self, exc: Exception) -> BastionError:
+        if isinstance(exc, _ChildDiedError):
+            return ModelLoadError(
+                f"model '{self._spec.name}': the engine process {exc.status} while loading"
+            )
+        if isinstance(exc, BastionError):
+            return exc
+        log.error("starting the engine process of %s failed: %r", self._spec.name, exc)
+        return ModelLoadError(f"model '{self._spec.name}': its engine process could not start")
+
+    def _settle(self, state: EngineState, reason: str) -> None:
+        """A failed start's state, unless a close (which owns the state now) began meanwhile."""
+        if not self._closing:
+            self.lifecycle.move(state, reason)
 
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
         child = self._child
         if child is None or not self.lifecycle.ready or self._closing:
             raise self._unavailable()
+        if child.unsent > MAX_UNSENT:  # the process is not reading its requests
+            raise ServiceUnavailableError(
+                f"the engine of model '{self._spec.name}' is not taking requests; "
+                "retry in a few seconds",
+                retry_after=RETRY_LOADING,
+            )
         request = next(self._ids)
         stream = self._streams[request] = _Stream()
         child.send(["g", request, request_id_var.get(), wire.encode_params(params)])
@@ -127,24 +155,32 @@ class IsolatedEngine:
                 child.send(["k", request])
 
     async def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
+        """End the engine process (SIGTERM, then SIGKILL, if it does not exit in time). One
+        close runs however many callers wait for it, and a caller that is cancelled does not
+        cancel it."""
+        if self._closer is None:
+            self._closing = True
+            self._closer = asyncio.create_task(self._close(), name=f"close-{self._spec.name}")
+        await asyncio.shield(self._closer)
+
+    async def _close(self) -> None:
         self.lifecycle.move(EngineState.STOPPING, "closing")
-        if self._restarter is not None:
-            self._restarter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restarter
-        child, self._child = self._child, None
-        if child is not None:
-            code = await child.stop(CLOSE_GRACE, KILL_AFTER)
-            log.info("engine process %d of %s %s", child.pid, self._spec.name, describe_exit(code))
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._fail_streams(lambda _: ServiceUnavailableError("the server is shutting down"))
-        self._running = 0
-        self.lifecycle.move(EngineState.STOPPED, "closed")
+        try:
+            if self._restarter is not None:
+                self._restarter.cancel()
+                await asyncio.wait([self._restarter])  # our own cancellation still propagates
+            child, self._child = self._child, None
+            if child is not None:
+                code = await _end(child)
+                log.info(
+                    "engine process %d of %s %s", child.pid, self._spec.name, describe_exit(code)
+                )
+            if self._reader is not None:
+                await asyncio.wait([self._reader])
+        finally:
+            self._fail_streams(lambda _: self._unavailable())
+            self._running = 0
+            self.lifecycle.move(EngineState.STOPPED, "closed")
 
     # ---- the child process --------------------------------------------------------------
 
@@ -153,23 +189,25 @@ class IsolatedEngine:
         child = await EngineProcess.spawn(self._spec.name)
         try:
             reply = await self._handshake(child)
+            info = _loaded(reply)
+        except wire.ProtocolError as exc:
+            log.error("engine process %d of %s: %s", child.pid, self._spec.name, exc)  # noqa: TRY400
+            await _kill(child)
+            raise _ChildDiedError("sent a malformed answer") from None
         except BaseException:
-            if child.process.poll() is None:
-                child.kill()
-                await child.exit_status()
-            child.close_channel()
+            await _kill(child)
             raise
-        if reply[0] == "loaded":
-            self._info = wire.decode_info(reply[1])
-            return child
-        await child.stop(CLOSE_GRACE, KILL_AFTER)
-        raise _load_error(reply)
+        if info is None:
+            await _end(child)
+            raise _load_error(reply)
+        self._info = info
+        return child
 
     async def _handshake(self, child: EngineProcess) -> list[Any]:
         child.send(["init", wire.encode_spec(self._spec), self._settings.model_dump(mode="json")])
         try:
             return await wire.read_frame(child.reader)
-        except (asyncio.IncompleteReadError, ConnectionError, wire.ProtocolError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             code = await child.exit_status()
             raise _ChildDiedError(describe_exit(code)) from None
 
@@ -180,35 +218,43 @@ class IsolatedEngine:
         self.lifecycle.move(EngineState.READY, f"{reason} (pid {child.pid})")
 
     async def _read(self, child: EngineProcess) -> None:
-        """Deliver the child's frames until its channel closes, then supervise."""
+        """Deliver the child's frames until its channel closes, then supervise. A frame it
+        cannot read means a broken process: it is killed and handled as a crash."""
         try:
             while True:
-                message = await wire.read_frame(child.reader)
-                kind = message[0]
-                if kind == "c":
-                    self._running = message[8]
-                    stream = self._streams.get(message[1])
-                    if stream is not None:
-                        stream.out.put_nowait(wire.decode_chunk(message))
-                elif kind == "e":
-                    self._running = message[2]
-                    stream = self._streams.pop(message[1], None)
-                    if stream is not None:
-                        stream.out.put_nowait(None)
-                elif kind == "x":
-                    stream = self._streams.pop(message[1], None)
-                    if stream is not None:
-                        stream.out.put_nowait(wire.decode_error(message[2]))
-                elif kind == "r":
-                    self._running = message[1]
+                self._deliver(await wire.read_frame(child.reader))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except wire.ProtocolError as exc:
-            log.error("engine process %d of %s: %s; killing it", child.pid, self._spec.name, exc)  # noqa: TRY400
+        except Exception as exc:  # noqa: BLE001 - whatever it sent, the reader must not die
+            what = str(exc) if isinstance(exc, wire.ProtocolError) else type(exc).__name__
+            log.error(  # noqa: TRY400 - no traceback: it could quote what the process sent
+                "engine process %d of %s sent %s; killing it", child.pid, self._spec.name, what
+            )
             child.kill()
         if self._closing or child is not self._child:
             return
         await self._crashed(child)
+
+    def _deliver(self, message: list[Any]) -> None:
+        kind = wire.check_child_frame(message)
+        if kind == "c":
+            chunk = wire.decode_chunk(message)
+            self._running = message[8]
+            stream = self._streams.get(message[1])
+            if stream is not None:
+                stream.out.put_nowait(chunk)
+        elif kind == "e":
+            self._running = message[2]
+            stream = self._streams.pop(message[1], None)
+            if stream is not None:
+                stream.out.put_nowait(None)
+        elif kind == "x":
+            error = wire.decode_error(message[2])
+            stream = self._streams.pop(message[1], None)
+            if stream is not None:
+                stream.out.put_nowait(error)
+        else:
+            self._running = message[1]
 
     async def _crashed(self, child: EngineProcess) -> None:
         """The child died under its requests: mark the engine failed and fail them at once,
@@ -270,7 +316,7 @@ class IsolatedEngine:
             self.lifecycle.move(EngineState.FAILED, "its engine process could not be started")
             return
         if self._closing:
-            await child.stop(CLOSE_GRACE, KILL_AFTER)
+            await _end(child)
             return
         self._serve(child, f"restarted after a crash ({self._restarts} of this run)")
 
@@ -293,7 +339,9 @@ class IsolatedEngine:
     def _unavailable(self) -> ServiceUnavailableError:
         state = self.lifecycle.state
         if self._closing:
-            return ServiceUnavailableError("the server is shutting down")
+            return ServiceUnavailableError(
+                "the server is shutting down", retry_after=RETRY_SHUTDOWN
+            )
         if state is EngineState.STARTING and self._restarts:
             return ServiceUnavailableError(
                 f"the engine of model '{self._spec.name}' is restarting after a crash; "
@@ -316,6 +364,32 @@ class IsolatedEngine:
     def _retry_after(self) -> int:
         """Seconds until the restart under way is likely serving: its backoff plus a load."""
         return max(1, math.ceil(self._backoff())) + RETRY_LOADING
+
+
+async def _end(child: EngineProcess) -> int | None:
+    """Stop a child in order; cancelled midway, it is killed all the same."""
+    try:
+        return await child.stop(CLOSE_GRACE, KILL_AFTER)
+    finally:
+        if child.process.poll() is None:
+            child.kill()
+        child.close_channel()
+
+
+async def _kill(child: EngineProcess) -> None:
+    if child.process.poll() is None:
+        child.kill()
+        await child.exit_status()
+    child.close_channel()
+
+
+def _loaded(reply: list[Any]) -> ModelInfo | None:
+    """The model's info from the child's answer to ``init``; None for a load error."""
+    if reply[0] == "loaded" and len(reply) == 2:
+        return wire.decode_info(reply[1])
+    if reply[0] == "load_error":
+        return None
+    raise wire.ProtocolError(f"an answer to init named {reply[0][:16]!r}")
 
 
 def _load_error(reply: list[object]) -> ModelLoadError:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from bastion.engine.isolation import wire
@@ -17,6 +18,55 @@ from bastion.engine.isolation import wire
 log = logging.getLogger(__name__)
 
 CHILD_MODULE = "bastion.engine.isolation.child"
+CHILD_COMMAND: tuple[str, ...] = (sys.executable, "-m", CHILD_MODULE)
+"""The engine process's program; it gets ``--fd``, ``--parent`` and ``--log-level``."""
+DRAIN_WITHIN = 1.0
+"""Seconds ``stop`` lets the close frame reach a child that has unread input; a stopped or
+wedged child is then signalled without it."""
+REAP_WITHIN = 30.0
+"""Seconds to wait for a SIGKILLed child to be reaped (one in uninterruptible sleep takes as
+long as its I/O); then it is left to the interpreter to reap."""
+
+# What the engine process inherits. An allowlist: the API process's environment holds secrets
+# (the webhook secret, whatever else operators export) that the engine has no use for.
+_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "BASTION_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "SYSTEMROOT",
+    }
+)
+_ENV_PREFIXES = (
+    "LC_",
+    "GOMP_",
+    "OMP_",
+    "KMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "GGML_",
+    "LLAMA_",
+    "CUDA_",
+    "PYTHON",
+    "MALLOC_",
+    "GLIBC_TUNABLES",
+    "COV_CORE_",
+    "COVERAGE_",
+)
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSW", "CREDENTIAL", "AUTH")
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -69,14 +119,19 @@ class EngineProcess:
             reader, writer = await asyncio.open_unix_connection(sock=ours)
         except BaseException:
             ours.close()
-            process.kill()
-            process.wait()
+            process.kill()  # reaped by the interpreter if it has not exited by the poll
+            process.poll()
             raise
         return cls(process, reader, writer)
 
     def send(self, message: list[Any]) -> None:
         if not self.writer.is_closing():
             self.writer.write(wire.frame(message))
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written to the channel that the child has not taken yet."""
+        return self.writer.transport.get_write_buffer_size()
 
     async def exit_status(self, within: float = 5.0) -> int | None:
         """The exit status once the process ended (its channel is at EOF); None if it still
@@ -92,8 +147,10 @@ class EngineProcess:
         """Ask the process to finish and exit, then SIGTERM after ``grace`` seconds, then
         SIGKILL after ``kill_after`` more; returns its exit status."""
         self.send(["q"])
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+        # Bounded: a stopped child reads nothing and the drain would wait for ever.
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(min(DRAIN_WITHIN, grace)):
+                await self.writer.drain()
         code = await self.exit_status(grace)
         if code is None:
             log.warning("engine process %d did not exit in %.0fs: SIGTERM", self.pid, grace)
@@ -103,7 +160,10 @@ class EngineProcess:
         if code is None:
             log.warning("engine process %d ignored SIGTERM: SIGKILL", self.pid)
             self.kill()
-            code = self.process.wait()
+            # Polled, never Popen.wait(): a child in uninterruptible sleep would block the loop.
+            code = await self.exit_status(REAP_WITHIN)
+            if code is None:
+                log.error("engine process %d has not exited after SIGKILL", self.pid)
         self.close_channel()
         return code
 
@@ -119,9 +179,7 @@ def _start(channel: socket.socket) -> subprocess.Popen[bytes]:
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     return subprocess.Popen(  # noqa: S603 - this interpreter and our own module
         [
-            sys.executable,
-            "-m",
-            CHILD_MODULE,
+            *CHILD_COMMAND,
             "--fd",
             str(channel.fileno()),
             "--parent",
@@ -130,12 +188,24 @@ def _start(channel: socket.socket) -> subprocess.Popen[bytes]:
             level if level in ("debug", "info", "warning", "error") else "info",
         ],
         pass_fds=(channel.fileno(),),
+        env=child_environment(os.environ),
         stdin=subprocess.DEVNULL,
         # Whatever native code prints goes to the log stream, never to the CLI's output.
         stdout=sys.stderr.fileno() if _has_fileno() else subprocess.DEVNULL,
         # Its own session: a terminal's Ctrl-C is the API process's to handle.
         start_new_session=True,
     )
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the engine process needs (paths, locale, threading and library knobs),
+    without anything that looks like a secret."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if (name in _ENV_NAMES or name.startswith(_ENV_PREFIXES))
+        and not any(word in name.upper() for word in _SECRET_WORDS)
+    }
 
 
 def _has_fileno() -> bool:

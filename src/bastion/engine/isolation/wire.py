@@ -62,10 +62,44 @@ async def read_frame(reader: asyncio.StreamReader) -> list[Any]:
     (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
     if size > MAX_FRAME:
         raise ProtocolError(f"a frame of {size} bytes")
-    message = json.loads(await reader.readexactly(size))
-    if not isinstance(message, list) or not message:
-        raise ProtocolError("a frame that is not a non-empty array")
+    data = await reader.readexactly(size)
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise ProtocolError(f"a frame that is not JSON ({type(exc).__name__})") from None
+    if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        raise ProtocolError("a frame that is not a non-empty array named by a string")
     return message
+
+
+# What each frame from the engine process holds after its name (see the module docstring).
+_INT = (int,)
+_NUMBER = (int, float)
+_CHILD_FRAMES: dict[str, tuple[tuple[type, ...], ...]] = {
+    "c": (_INT, (str,), _INT, _INT, (str, type(None)), _INT, _NUMBER, _INT),
+    "e": (_INT, _INT),
+    "x": (_INT, (dict,)),
+    "r": (_INT,),
+}
+_FINISH_REASONS = (None, "stop", "length")
+
+
+def check_child_frame(message: list[Any]) -> str:
+    """The frame's kind once its items have the types its kind needs; ``ProtocolError``
+    otherwise (a chunk's logprobs are checked as they are decoded)."""
+    kind = message[0]
+    shape = _CHILD_FRAMES.get(kind)
+    if shape is None:
+        raise ProtocolError(f"an unknown frame {kind[:16]!r}")
+    extra = 1 if kind == "c" and len(message) == len(shape) + 2 else 0
+    if len(message) != len(shape) + 1 + extra:
+        raise ProtocolError(f"a {kind!r} frame of {len(message)} items")
+    for index, (value, types) in enumerate(zip(message[1:], shape, strict=False), 1):
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ProtocolError(f"a {kind!r} frame whose item {index} is {type(value).__name__}")
+    if kind == "c" and message[5] not in _FINISH_REASONS:
+        raise ProtocolError("a 'c' frame with an unknown finish reason")
+    return str(kind)
 
 
 # ---- what to load ---------------------------------------------------------------------------
@@ -101,8 +135,25 @@ def encode_info(info: ModelInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
-def decode_info(data: dict[str, Any]) -> ModelInfo:
+def decode_info(data: object) -> ModelInfo:
+    """The loaded model's info; ``ProtocolError`` when it is not what ``encode_info`` sends."""
+    if not isinstance(data, dict) or set(data) != set(_INFO_TYPES):
+        raise ProtocolError("model info with other fields than ModelInfo's")
+    for name, wanted in _INFO_TYPES.items():
+        value = data[name]
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise ProtocolError(f"model info whose {name} is {type(value).__name__}")
     return ModelInfo(**data)
+
+
+_INFO_TYPES: dict[str, type] = {
+    "name": str,
+    "digest": str,
+    "context_length": int,
+    "created": int,
+    "chat": bool,
+    "memory": int,
+}
 
 
 # ---- requests -------------------------------------------------------------------------------
@@ -152,17 +203,21 @@ def chunk_frame(request: int, chunk: Chunk, running: int) -> bytes:
 
 
 def decode_chunk(message: list[Any]) -> Chunk:
+    """A ``"c"`` frame that ``check_child_frame`` passed, as a Chunk."""
     logprobs: tuple[TokenLogprob, ...] = ()
     if len(message) > 9:
-        logprobs = tuple(
-            TokenLogprob(
-                token,
-                logprob,
-                tuple(raw),
-                tuple(TopLogprob(t, lp, tuple(b)) for t, lp, b in top),
+        try:
+            logprobs = tuple(
+                TokenLogprob(
+                    _text(token),
+                    float(logprob),
+                    _bytes(raw),
+                    tuple(TopLogprob(_text(t), float(lp), _bytes(b)) for t, lp, b in top),
+                )
+                for token, logprob, raw, top in message[9]
             )
-            for token, logprob, raw, top in message[9]
-        )
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError("a 'c' frame with malformed logprobs") from exc
     return Chunk(
         message[2],
         message[3],
@@ -172,6 +227,20 @@ def decode_chunk(message: list[Any]) -> Chunk:
         message[6],
         message[7],
     )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def _bytes(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in value
+    ):
+        raise TypeError("not a list of byte values")
+    return tuple(value)
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -198,8 +267,11 @@ def decode_error(data: dict[str, Any]) -> BastionError:
     """The error rebuilt as the nearest class of ``bastion.errors`` in its hierarchy (so a
     400 stays a 400); EngineError when none is known."""
     message, param = str(data.get("message", "")), data.get("param")
+    if not isinstance(param, str):
+        param = None
+    classes = data.get("classes")
     cls: type[BastionError] = EngineError
-    for name in data.get("classes", ()):
+    for name in classes if isinstance(classes, list) else ():
         found = getattr(errors, str(name), None)
         if isinstance(found, type) and issubclass(found, BastionError):
             if found is not BastionError:
@@ -209,7 +281,7 @@ def decode_error(data: dict[str, Any]) -> BastionError:
         error = cls(message, param=param)
     except TypeError:  # a class whose constructor takes other arguments
         error = cls(message)
-        error.param = param if isinstance(param, str) else None
+        error.param = param
     retry_after = data.get("retry_after")
     if isinstance(retry_after, int) and hasattr(error, "retry_after"):
         error.retry_after = retry_after
