@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,8 @@ class Peer:
     base_url: str
     process: subprocess.Popen[str]
     log: list[str] = field(default_factory=list)
+    scratch: Path | None = None
+    """A home made for this run only (an imported model: ~100 MB), removed at stop."""
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -43,6 +46,9 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> Peer:
@@ -64,6 +70,7 @@ def _wait(peer: Peer, path: str, timeout: float = 180) -> Peer:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if peer.process.poll() is not None:
+            peer.stop()  # removes its scratch home
             raise RuntimeError(f"{peer.name} exited:\n{''.join(peer.log[-30:])}")
         try:
             if httpx.get(f"{peer.base_url}{path}", timeout=2).status_code == 200:
@@ -100,6 +107,7 @@ def start_bastion(
         env,
     )
     peer.base_url = f"http://127.0.0.1:{port}"
+    peer.scratch = Path(home)
     return _wait(peer, "/ready")
 
 
