@@ -237,6 +237,33 @@ def test_a_malformed_answer_to_init_fails_the_load_and_leaves_no_process(
     run(scenario)
 
 
+def test_a_restart_that_never_loads_is_killed_and_counts_as_a_crash(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2nd spawn waits for a file that never appears instead of answering init."""
+    monkeypatch.setattr(isolated, "RESTART_WITHIN", 0.5)
+    fake.plan({}, {"wait_for": "never"}, {})
+    eng = IsolatedEngine(SPEC, SETTINGS)
+    reasons: list[str] = []
+    eng.lifecycle.listen(lambda state, reason: reasons.append(f"{state.value}: {reason}"))
+
+    async def scenario() -> str:
+        try:
+            await eng.start()
+            first = eng.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: len(fake.pids) == 3, "a third spawn")
+            await wait_until(lambda: eng.lifecycle.ready, "the engine is ready again")
+            return "".join(c.text for c in await collect(eng, HI))
+        finally:
+            await eng.close()
+
+    assert run(scenario) == "ok"
+    assert any("did not load within 0.5s" in reason for reason in reasons), reasons
+    assert all(reaped(pid) for pid in fake.pids)
+
+
 def test_close_of_a_stopped_process_with_unread_requests_kills_it(
     fake: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

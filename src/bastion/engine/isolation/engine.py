@@ -36,6 +36,9 @@ CLOSE_GRACE = 10.0
 """Seconds a closing engine process may take to finish before SIGTERM (the API has drained
 its requests by then); SIGKILL follows after ``KILL_AFTER`` more."""
 KILL_AFTER = 5.0
+RESTART_WITHIN = 600.0
+"""Seconds a restarted engine process may take to load before it is killed and the restart
+counts as another crash (the router's load_timeout bounds first loads)."""
 RETRY_LOADING = 2
 """Seconds a 503 for an engine that is (re)loading asks clients to wait (Retry-After)."""
 RETRY_SHUTDOWN = 5
@@ -301,7 +304,14 @@ class IsolatedEngine:
     async def _restart(self, delay: float) -> None:
         await asyncio.sleep(delay)
         try:
-            child = await self._spawn()
+            # Cancelling a spawn kills its process: a restart that hangs counts as a crash.
+            async with asyncio.timeout(RESTART_WITHIN):
+                child = await self._spawn()
+        except TimeoutError:
+            status = f"did not load within {RESTART_WITHIN:g}s"
+            self.lifecycle.move(EngineState.FAILED, f"the engine process {status}")
+            self._schedule_restart(status)
+            return
         except _ChildDiedError as exc:
             self.lifecycle.move(
                 EngineState.FAILED, f"the engine process {exc.status} while loading"
