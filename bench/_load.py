@@ -1,11 +1,15 @@
-"""Streaming clients for the benchmarks: one request, or N concurrent clients."""
+"""Streaming clients for the benchmarks: one request, or N concurrent clients, each sending
+the same prompt or what a workload (``workload``) gives it."""
 
 from __future__ import annotations
 
 import json
+import math
+import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,6 +21,12 @@ MODEL = "smollm2-135m-instruct"
 # llama-server (cpp-httplib) closes a kept-alive connection after a few requests, and a POST
 # sent just as it does fails; every server gets a fresh connection per request instead.
 FRESH_CONNECTION = {"Connection": "close"}
+REQUEST_TIMEOUT = 300.0
+"""Seconds one streamed request may take at most (connect, and between any two reads)."""
+
+Messages = list[dict[str, str]]
+Plan = Callable[[int, int], tuple[Messages, int]]
+"""(client, round) -> the messages that client sends in that round, and their max_tokens."""
 
 
 @dataclass(frozen=True)
@@ -26,12 +36,15 @@ class Stream:
     seconds: float
     """Seconds from sending the request to the last token."""
     tokens: int
+    prompt_tokens: int = 0
 
 
-def stream_once(client: httpx.Client, base_url: str, max_tokens: int) -> Stream:
+def stream_once(
+    client: httpx.Client, base_url: str, max_tokens: int, messages: Messages | None = None
+) -> Stream:
     body = {
         "model": MODEL,
-        "messages": MESSAGES,
+        "messages": messages or MESSAGES,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -39,9 +52,13 @@ def stream_once(client: httpx.Client, base_url: str, max_tokens: int) -> Stream:
     }
     started = time.perf_counter()
     first = last = 0.0
-    events = usage = 0
+    events = usage = prompt = 0
     with client.stream(
-        "POST", f"{base_url}/v1/chat/completions", json=body, timeout=600, headers=FRESH_CONNECTION
+        "POST",
+        f"{base_url}/v1/chat/completions",
+        json=body,
+        timeout=REQUEST_TIMEOUT,
+        headers=FRESH_CONNECTION,
     ) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
@@ -50,13 +67,14 @@ def stream_once(client: httpx.Client, base_url: str, max_tokens: int) -> Stream:
             event = json.loads(line[6:])
             if (event.get("usage") or {}).get("completion_tokens"):
                 usage = event["usage"]["completion_tokens"]  # an event may carry several
+                prompt = event["usage"].get("prompt_tokens") or 0
             choices = event.get("choices") or [{}]
             if (choices[0].get("delta") or {}).get("content"):
                 last = time.perf_counter()
                 events += 1
                 if events == 1:
                     first = last
-    return Stream(first - started, last - started, usage or events)
+    return Stream(first - started, last - started, usage or events, prompt)
 
 
 @dataclass
@@ -88,15 +106,20 @@ class Sweep:
         return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
 
 
-def run_clients(base_url: str, clients: int, rounds: int, max_tokens: int) -> Sweep:
+def run_clients(
+    base_url: str, clients: int, rounds: int, max_tokens: int, plan: Plan | None = None
+) -> Sweep:
+    """``clients`` threads, each sending ``rounds`` streamed requests one after the other:
+    the story prompt, or what ``plan`` gives that client for that round."""
     sweep = Sweep(clients)
     lock = threading.Lock()
 
-    def client_loop() -> None:
+    def client_loop(index: int) -> None:
         with httpx.Client() as client:
-            for _ in range(rounds):
+            for round_ in range(rounds):
+                messages, limit = plan(index, round_) if plan else (MESSAGES, max_tokens)
                 try:
-                    result = stream_once(client, base_url, max_tokens)
+                    result = stream_once(client, base_url, limit, messages)
                 except httpx.HTTPError:
                     with lock:
                         sweep.failures += 1
@@ -104,7 +127,7 @@ def run_clients(base_url: str, clients: int, rounds: int, max_tokens: int) -> Sw
                 with lock:
                     sweep.streams.append(result)
 
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -112,3 +135,99 @@ def run_clients(base_url: str, clients: int, rounds: int, max_tokens: int) -> Sw
         thread.join()
     sweep.wall = time.perf_counter() - started
     return sweep
+
+
+# ---- workloads (bench_workloads.py) ---------------------------------------------------------
+
+WORKLOADS = ("distinct", "system", "mixed", "shared")
+SUBJECTS = (
+    "a lighthouse keeper",
+    "a young baker",
+    "an old sailor",
+    "a travelling musician",
+    "a village doctor",
+    "a clockmaker",
+    "a forest ranger",
+    "a retired astronaut",
+    "a street painter",
+    "a mountain guide",
+    "a school teacher",
+    "a fisherman's daughter",
+)
+DEEDS = (
+    "finds a hidden map",
+    "loses an important letter",
+    "meets a talking fox",
+    "builds a strange machine",
+    "hears music at night",
+    "opens a forgotten door",
+    "saves a stranded whale",
+    "discovers a secret garden",
+)
+PLACES = (
+    "a snowy town",
+    "a busy harbour",
+    "a desert city",
+    "an island village",
+    "a quiet valley",
+    "a rainy capital",
+    "a northern forest",
+    "a floating market",
+)
+SYSTEM_PROMPT = (
+    "You are Quill, the writing assistant of a small publishing house that prints illustrated "
+    "books for readers of every age. Always answer in plain English prose, without lists, "
+    "headings, tables or code. Write vivid, concrete scenes with named characters, sensory "
+    "details and natural dialogue, and keep a warm, hopeful tone even when the story turns "
+    "sad. Never mention that you are an assistant, never refuse a harmless creative request, "
+    "and never ask the reader questions back. Avoid violence, brand names, real people and "
+    "places that would date the story. When a request is vague, choose the most interesting "
+    "interpretation and begin at once. Stories should have a clear beginning, a turning point "
+    "and an ending that resolves the main problem, but when space runs out it is fine to stop "
+    "in the middle of a scene. Use past tense and the third person unless asked otherwise, "
+    "vary sentence length, and prefer simple words a twelve year old would understand. Our "
+    "readers love animals, weather, food, old machines and small acts of kindness."
+)
+FILLER_TEXT = (
+    "the sea wind carried salt over the old stone wall while gulls circled above boats "
+    "that rocked gently in the grey morning light and a bell rang twice from the church "
+    "tower as children ran along the harbour road with bread still warm in their hands"
+)
+FILLER = FILLER_TEXT.split()
+MIXED_MAX_TOKENS = (32, 64, 128, 256)
+MIXED_PROMPT_TOKENS = (20, 1500)
+TOKENS_PER_WORD = 1.25
+"""SmolLM2's tokenizer on the filler text above, roughly; the real counts come from usage."""
+
+
+def _distinct_prompt(rng: random.Random) -> str:
+    """About fifteen words, different for every (client, round) of a seed."""
+    subject, deed, place = rng.choice(SUBJECTS), rng.choice(DEEDS), rng.choice(PLACES)
+    return f"Write a long story about {subject} who {deed} in {place}, with every detail."
+
+
+def workload(name: str, seed: int, max_tokens: int) -> Plan:
+    """What each client sends, deterministic per seed: ``distinct`` (its own short prompt),
+    ``system`` (a shared ~200-token system prompt, distinct user turns), ``mixed`` (prompts
+    of 20 to 1,500 tokens, log-uniform, and max_tokens drawn from MIXED_MAX_TOKENS) and
+    ``shared`` (the one story prompt every client sends)."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+
+    def plan(client: int, round_: int) -> tuple[Messages, int]:
+        rng = random.Random(f"{seed}:{name}:{client}:{round_}")
+        if name == "shared":
+            return MESSAGES, max_tokens
+        user = {"role": "user", "content": _distinct_prompt(rng)}
+        if name == "distinct":
+            return [user], max_tokens
+        if name == "system":
+            return [{"role": "system", "content": SYSTEM_PROMPT}, user], max_tokens
+        low, high = MIXED_PROMPT_TOKENS
+        tokens = math.exp(rng.uniform(math.log(low), math.log(high)))
+        start = rng.randrange(len(FILLER))
+        words = [FILLER[(start + i) % len(FILLER)] for i in range(int(tokens / TOKENS_PER_WORD))]
+        text = " ".join(words[:-12]) + " " + user["content"]  # the request ends the prompt
+        return [{"role": "user", "content": text}], rng.choice(MIXED_MAX_TOKENS)
+
+    return plan

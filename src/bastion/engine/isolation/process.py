@@ -33,6 +33,7 @@ _ENV_NAMES = frozenset(
     {
         "PATH",
         "HOME",
+        "BASTION_ENGINE_TRACE",  # the engine's opt-in step trace (bench/trace_summary.py)
         "USER",
         "LOGNAME",
         "SHELL",

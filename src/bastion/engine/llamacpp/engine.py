@@ -53,6 +53,7 @@ from bastion.engine.llamacpp.requests import (
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
 from bastion.engine.llamacpp.scheduler import Slot, choose_slot, prefix_donor
 from bastion.engine.llamacpp.selftest import run_self_test
+from bastion.engine.llamacpp.trace import open_trace
 from bastion.engine.stops import StopBuffer
 from bastion.errors import (
     BastionError,
@@ -267,6 +268,7 @@ class LlamaCppEngine:
         self._kv = SlotStreams(opened.ctx)
         self._ctx_per_slot = opened.ctx_per_slot
         self._slots = [Slot(seq_id=i) for i in range(settings.slots)]
+        self._trace, self._decode = open_trace(ll.llama_decode)  # off unless asked: see trace
         self._memory = model.memory_bytes(opened.n_ctx)
         self._self_test(model)
         log.info(
@@ -298,6 +300,8 @@ class LlamaCppEngine:
         deadline = time.monotonic() + 30
         while self._tokenizing and time.monotonic() < deadline:  # never free a model in use
             time.sleep(0.01)
+        if self._trace is not None:
+            self._trace.close()
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         if self._template is not None:
@@ -490,7 +494,9 @@ class LlamaCppEngine:
                 if last:
                     seq.batch_index = index
             budget -= len(take)
-        status = ll.llama_decode(self._ctx, self._batch)
+        status = self._decode(self._ctx, self._batch)
+        if self._trace is not None:
+            self._trace.step(decoding, len(running), len(self._held))
         self._kv.decoded(status)
         if status != 0:
             log.error(
