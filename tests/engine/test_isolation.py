@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,7 @@ from bastion.errors import (
 )
 from bastion.log import request_id_var
 from bastion.settings import EngineSettings
+from tests.engine.processes import gone, wait_until
 
 CTX = 1024
 GREEDY = SamplingParams(temperature=0.0)
@@ -65,23 +66,6 @@ def engine(smollm2_file: Path, loop: asyncio.AbstractEventLoop) -> Iterator[Isol
 
 async def collect(engine: IsolatedEngine, params: GenerationParams) -> list[Chunk]:
     return [chunk async for chunk in engine.generate(params)]
-
-
-async def wait_until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie still answers kill(0): it has exited but its parent has not reaped it yet.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_greedy_text_equals_the_in_process_engine(

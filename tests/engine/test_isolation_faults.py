@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from bastion.engine.isolation import IsolatedEngine, process
 from bastion.engine.isolation import engine as isolated
 from bastion.errors import ModelLoadError, ServiceUnavailableError
 from bastion.settings import EngineSettings
+from tests.engine.processes import gone, wait_until
 
 SETTINGS = EngineSettings(restart_backoff=0.05)
 SPEC = ModelSpec("fake", "llamacpp", Path("/nonexistent/model.gguf"), "0" * 64)
@@ -127,23 +127,6 @@ def run(scenario: Callable[[], Any]) -> Any:
 
 async def collect(engine: IsolatedEngine, params: GenerationParams) -> list[Chunk]:
     return [chunk async for chunk in engine.generate(params)]
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + LIMIT / 2
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie counts: it exited and awaits its reaping)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def reaped(pid: int) -> bool:
