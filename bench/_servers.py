@@ -21,6 +21,16 @@ from bastion.engine.cpu import decide_repack, read_cpu_flags
 VENV_BIN = Path(sys.executable).parent
 
 
+def smollm2_weights() -> Path:
+    """The default model's GGUF inside its installed package (what every peer loads)."""
+    from bastion.catalog import BUILTIN_MODELS, SMOLLM2  # noqa: PLC0415
+    from bastion.store.package import locate_package_file  # noqa: PLC0415
+
+    source = BUILTIN_MODELS[SMOLLM2].package
+    assert source is not None
+    return locate_package_file(source.distribution, source.file)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,9 +19,13 @@ from pathlib import Path
 
 from _ceiling import measure
 from _load import Sweep, run_clients
-from _servers import Peer, start_bastion, start_llama_cpp_python, start_llama_server
-from bastion.catalog import BUILTIN_MODELS, SMOLLM2
-from bastion.store.package import locate_package_file
+from _servers import (
+    Peer,
+    smollm2_weights,
+    start_bastion,
+    start_llama_cpp_python,
+    start_llama_server,
+)
 
 
 def main(clients: str = "1,2,4,8", rounds: int = 2, doc: str = __doc__ or "") -> None:
@@ -43,9 +47,7 @@ def main(clients: str = "1,2,4,8", rounds: int = 2, doc: str = __doc__ or "") ->
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
-    source = BUILTIN_MODELS[SMOLLM2].package
-    assert source is not None
-    model = locate_package_file(source.distribution, source.file)
+    model = smollm2_weights()
     extra = dict(item.split("=", 1) for item in args.bastion_env)
     starters: dict[str, Callable[[], Peer]] = {
         "bastion": lambda: start_bastion(args.threads, args.slots, args.ctx, extra)

@@ -20,9 +20,13 @@ from pathlib import Path
 import httpx
 
 from _load import FRESH_CONNECTION
-from _servers import Peer, start_bastion, start_llama_cpp_python, start_llama_server
-from bastion.catalog import BUILTIN_MODELS, SMOLLM2
-from bastion.store.package import locate_package_file
+from _servers import (
+    Peer,
+    smollm2_weights,
+    start_bastion,
+    start_llama_cpp_python,
+    start_llama_server,
+)
 
 SYSTEM = (
     "You are the assistant of a lighthouse keeper on a remote island. You answer briefly, "
@@ -84,9 +88,7 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path)
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     args = parser.parse_args()
-    source = BUILTIN_MODELS[SMOLLM2].package
-    assert source is not None
-    model = locate_package_file(source.distribution, source.file)
+    model = smollm2_weights()
     starters: dict[str, Callable[[], Peer]] = {
         "bastion": lambda: start_bastion(args.threads, 4, args.ctx),
         "bastion, no cache": lambda: start_bastion(

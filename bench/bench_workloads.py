@@ -25,9 +25,7 @@ from pathlib import Path
 
 from _ceiling import measure
 from _load import WORKLOADS, Sweep, run_clients, workload
-from _servers import Peer, start_bastion, start_llama_server
-from bastion.catalog import BUILTIN_MODELS, SMOLLM2
-from bastion.store.package import locate_package_file
+from _servers import Peer, smollm2_weights, start_bastion, start_llama_server
 
 Key = tuple[str, int, str]
 """(workload, clients, server)"""
@@ -53,9 +51,7 @@ def main() -> None:
     names = args.workloads.split(",")
     plans = {name: workload(name, args.seed, args.max_tokens) for name in names}
     levels = [int(c) for c in args.clients.split(",")]
-    source = BUILTIN_MODELS[SMOLLM2].package
-    assert source is not None
-    model = locate_package_file(source.distribution, source.file)
+    model = smollm2_weights()
     extra = dict(item.split("=", 1) for item in args.bastion_env)
     starters: dict[str, Callable[[], Peer]] = {
         "bastion": lambda: start_bastion(args.threads, args.slots, args.ctx, extra)
