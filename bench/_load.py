@@ -37,6 +37,10 @@ class Stream:
     """Seconds from sending the request to the last token."""
     tokens: int
     prompt_tokens: int = 0
+    prompt_computed: int = -1
+    """Prompt tokens the server evaluated (the rest came from its cache); -1 if unknown."""
+    prompt_ms: float = -1.0
+    """Milliseconds the server says it spent on the prompt; -1 if unknown (bastion)."""
 
 
 def stream_once(
@@ -53,6 +57,8 @@ def stream_once(
     started = time.perf_counter()
     first = last = 0.0
     events = usage = prompt = 0
+    cached = computed = -1
+    prompt_ms = -1.0
     with client.stream(
         "POST",
         f"{base_url}/v1/chat/completions",
@@ -68,13 +74,20 @@ def stream_once(
             if (event.get("usage") or {}).get("completion_tokens"):
                 usage = event["usage"]["completion_tokens"]  # an event may carry several
                 prompt = event["usage"].get("prompt_tokens") or 0
+                details = event["usage"].get("prompt_tokens_details") or {}
+                cached = details.get("cached_tokens", -1)
+            if timings := event.get("timings"):  # llama-server, on its last event
+                computed = timings.get("prompt_n", -1)
+                prompt_ms = timings.get("prompt_ms", -1.0)
             choices = event.get("choices") or [{}]
             if (choices[0].get("delta") or {}).get("content"):
                 last = time.perf_counter()
                 events += 1
                 if events == 1:
                     first = last
-    return Stream(first - started, last - started, usage or events, prompt)
+    if computed < 0 <= cached:  # bastion reports what its prefix cache supplied
+        computed = prompt - cached
+    return Stream(first - started, last - started, usage or events, prompt, computed, prompt_ms)
 
 
 @dataclass
@@ -98,6 +111,12 @@ class Sweep:
     @property
     def tokens_per_second(self) -> float:
         return sum(s.tokens for s in self.streams) / self.wall
+
+    @property
+    def prefill(self) -> float | None:
+        """Mean prompt tokens the server computed per request, None if it did not say."""
+        known = [s.prompt_computed for s in self.streams if s.prompt_computed >= 0]
+        return statistics.mean(known) if known else None
 
     def ttft(self, q: float) -> float:
         values = sorted(s.ttft for s in self.streams)
@@ -206,28 +225,32 @@ def _distinct_prompt(rng: random.Random) -> str:
     return f"Write a long story about {subject} who {deed} in {place}, with every detail."
 
 
-def workload(name: str, seed: int, max_tokens: int) -> Plan:
+def workload(name: str, seed: int, max_tokens: int, variant: str = "") -> Plan:
     """What each client sends, deterministic per seed: ``distinct`` (its own short prompt),
     ``system`` (a shared ~200-token system prompt, distinct user turns), ``mixed`` (prompts
     of 20 to 1,500 tokens, log-uniform, and max_tokens drawn from MIXED_MAX_TOKENS) and
-    ``shared`` (the one story prompt every client sends)."""
+    ``shared`` (the one story prompt every client sends).
+
+    ``variant`` changes the words but not the shape (prompt lengths, max_tokens): a server
+    that stays up between measurements then finds no earlier prompt in its cache."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
 
     def plan(client: int, round_: int) -> tuple[Messages, int]:
-        rng = random.Random(f"{seed}:{name}:{client}:{round_}")
+        shape = random.Random(f"{seed}:{name}:{client}:{round_}")
+        words = random.Random(f"{seed}:{name}:{client}:{round_}:{variant}")
         if name == "shared":
             return MESSAGES, max_tokens
-        user = {"role": "user", "content": _distinct_prompt(rng)}
+        user = {"role": "user", "content": _distinct_prompt(words)}
         if name == "distinct":
             return [user], max_tokens
         if name == "system":
             return [{"role": "system", "content": SYSTEM_PROMPT}, user], max_tokens
         low, high = MIXED_PROMPT_TOKENS
-        tokens = math.exp(rng.uniform(math.log(low), math.log(high)))
-        start = rng.randrange(len(FILLER))
-        words = [FILLER[(start + i) % len(FILLER)] for i in range(int(tokens / TOKENS_PER_WORD))]
-        text = " ".join(words[:-12]) + " " + user["content"]  # the request ends the prompt
-        return [{"role": "user", "content": text}], rng.choice(MIXED_MAX_TOKENS)
+        tokens = math.exp(shape.uniform(math.log(low), math.log(high)))
+        start = words.randrange(len(FILLER))
+        filler = [FILLER[(start + i) % len(FILLER)] for i in range(int(tokens / TOKENS_PER_WORD))]
+        text = " ".join(filler[:-12]) + " " + user["content"]  # the request ends the prompt
+        return [{"role": "user", "content": text}], shape.choice(MIXED_MAX_TOKENS)
 
     return plan

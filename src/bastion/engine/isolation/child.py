@@ -19,12 +19,16 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bastion.engine.base import Chunk, Engine, EngineState, GenerationParams
 from bastion.engine.isolation import wire
 from bastion.errors import BastionError, EngineError, ModelLoadError
 from bastion.log import configure_logging, request_id_var
 from bastion.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from bastion.engine.llamacpp.requests import Item, Request, Sink
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,13 @@ RUNNING_POLL = 0.05
 sequence leaves its slot without a frame of its own)."""
 ENGINE_DIED = 70
 """Exit status when the engine's owner thread died while the process lived."""
+
+
+@runtime_checkable
+class Submits(Protocol):
+    """An engine that hands a generation's output to a sink (the embedded llama.cpp one)."""
+
+    async def submit(self, params: GenerationParams, sink: Sink | None = None) -> Request: ...
 
 
 def _die_with_parent(parent: int) -> None:
@@ -47,7 +58,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 class Server:
-    """Serves one engine to the parent: one task per generation, frames in and out."""
+    """Serves one engine to the parent, frames in and out.
+
+    An engine that ``Submits`` hands each step's output of all its streams to ``deliver`` on
+    its owner thread; one callback on this loop writes it as frames in one write, so a step
+    costs this process one short wake-up whatever the number of streams. Any other engine
+    gets a task per generation that forwards its chunks.
+    """
 
     def __init__(
         self, engine: Engine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -56,6 +73,12 @@ class Server:
         self._reader = reader
         self._writer = writer
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._direct: dict[Request, int] = {}
+        """Generations queued in a ``Submits`` engine, by the parent's id for them."""
+        self._answered = asyncio.Event()
+        """Set while ``_direct`` is empty."""
+        self._answered.set()
+        self._loop = asyncio.get_running_loop()
         self._running = 0
         self._active = asyncio.Event()
         self._failed = asyncio.Event()
@@ -82,15 +105,14 @@ class Server:
             await asyncio.wait((reading, failed), return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
                 log.error("the engine of %s failed; its process exits", self._engine.info.name)
-                if self._tasks:  # let the errors the engine gave its requests go out
-                    await asyncio.wait(list(self._tasks.values()), timeout=1)
+                await self._settle(1)  # let the errors the engine gave its requests go out
                 return ENGINE_DIED
             closing = reading.result()
-            if closing and self._tasks:
+            if closing and (self._tasks or self._direct):
                 # As an in-process engine closes: what still runs ends with "shutting down"
                 # (the router and the server drain requests before they close an engine).
                 await self._engine.close()
-                await asyncio.wait(list(self._tasks.values()), timeout=5)
+                await self._settle(5)
             return 0
         finally:
             for task in (poller, reading, failed, *self._tasks.values()):
@@ -124,11 +146,28 @@ class Server:
                 cancelled = self._tasks.get(int(message[1]))
                 if cancelled is not None:
                     cancelled.cancel()
+                for queued, key in list(self._direct.items()):
+                    if key == int(message[1]):
+                        queued.cancelled = True  # leaves its slot at the next step, silently
+                        self._forget(queued)
             elif kind == "q":
                 return True
 
     async def _generate(self, request: int, request_id: str, params: GenerationParams) -> None:
         request_id_var.set(request_id)  # this task's own context: the engine logs with it
+        if isinstance(self._engine, Submits):
+            try:
+                queued = await self._engine.submit(params, self)
+            except asyncio.CancelledError:
+                pass  # the parent forgot this request already
+            except Exception as exc:  # noqa: BLE001 - goes to the parent (logged there)
+                self._send_error(request, exc)
+            else:  # before any output: deliver's callbacks run on this loop, after this
+                self._direct[queued] = request
+                self._answered.clear()
+            finally:
+                self._tasks.pop(request, None)
+            return
         chunks: AsyncGenerator[Chunk, None] = self._engine.generate(params)
         try:
             async for chunk in chunks:
@@ -138,14 +177,51 @@ class Server:
             self.send(wire.frame(["e", request, self._running]))
         except asyncio.CancelledError:
             pass  # the parent forgot this request already
-        except Exception as exc:
-            if not isinstance(exc, BastionError):
-                log.exception("a generation failed in the engine process")
-            self.send(wire.frame(["x", request, wire.encode_error(exc)]))
+        except Exception as exc:  # noqa: BLE001 - goes to the parent (logged there)
+            self._send_error(request, exc)
         finally:
             await chunks.aclose()  # marks the sequence cancelled if it still runs
             self._tasks.pop(request, None)
         await self._drain_if_full()
+
+    def _send_error(self, request: int, exc: BaseException) -> None:
+        if not isinstance(exc, BastionError):
+            log.error("a generation failed in the engine process", exc_info=exc)
+        self.send(wire.frame(["x", request, wire.encode_error(exc)]))
+
+    def deliver(self, items: list[tuple[Request, Item]]) -> None:
+        """``Sink`` for a ``Submits`` engine: called on its owner thread with a step's output."""
+        self._loop.call_soon_threadsafe(self._write, items)
+
+    def _write(self, items: list[tuple[Request, Item]]) -> None:
+        self._running = running = self._engine.running
+        frames = []
+        for queued, item in items:
+            request = self._direct.get(queued)
+            if request is None:
+                continue  # cancelled by the parent
+            if isinstance(item, Chunk):
+                frames.append(wire.chunk_frame(request, item, running))
+                continue
+            self._forget(queued)
+            if item is None:
+                frames.append(wire.frame(["e", request, running]))
+            else:
+                self._send_error(request, item)
+        if frames:
+            self.send(b"".join(frames))
+
+    def _forget(self, queued: Request) -> None:
+        del self._direct[queued]
+        if not self._direct:
+            self._answered.set()
+
+    async def _settle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the generations in flight to be answered."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), seconds)
 
     async def _drain_if_full(self) -> None:
         if self._writer.transport.get_write_buffer_size() > 1 << 20:
@@ -160,7 +236,7 @@ class Server:
             if running != self._running:
                 self._running = running
                 self.send(wire.frame(["r", running]))
-            if not self._tasks and not running:
+            if not self._tasks and not self._direct and not running:
                 self._active.clear()
 
     async def _flush(self) -> None:

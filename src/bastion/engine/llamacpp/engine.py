@@ -41,13 +41,10 @@ from bastion.engine.llamacpp.kv import SlotStreams
 from bastion.engine.llamacpp.model import LlamaModel, repack_decision
 from bastion.engine.llamacpp.prompt import ChatPrompt, chat_prompt, request_tokens
 from bastion.engine.llamacpp.requests import (
-    Item,
+    Outbox,
     Request,
     Sequence,
-    coalesce,
-    deliver_all,
-    is_final,
-    is_urgent,
+    Sink,
     request_of,
 )
 from bastion.engine.llamacpp.sampler import SamplerChain, compute_logprobs
@@ -99,14 +96,10 @@ class LlamaCppEngine:
         self._prompt: ChatPrompt | None = None
         self._ctx_per_slot = 0
         self._running = 0
-        self._outbox: list[tuple[Request, Item]] = []
-        self._flushed_at = 0.0
-        self._held: set[Request] = set()
-        """Requests the owner thread has taken from the inbox and not yet answered in full."""
+        self._outbox = Outbox(settings.stream_interval)
         self._failed = False
         self._tokenizing = 0
         self._tokenizing_lock = threading.Lock()
-        """Items produced during a step, handed to the event loop together after it."""
         self._created = int(time.time())
         self._chat = False
         """Set at load: whether the model has a chat template to render messages with."""
@@ -176,6 +169,21 @@ class LlamaCppEngine:
     # ---- requests (event-loop side) ----------------------------------------------------
 
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Chunk, None]:
+        request = await self.submit(params)
+        try:
+            while (item := await request.out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            request.cancelled = True  # stops the sequence at its next step if still running
+
+    async def submit(self, params: GenerationParams, sink: Sink | None = None) -> Request:
+        """Queue a generation; errors found before it runs (400s, 503s) raise here.
+
+        Its output goes to ``request.out``, or with a ``sink`` to ``sink.deliver`` on the owner
+        thread. Setting ``request.cancelled`` stops it at the next step with no further output.
+        """
         if not self.ready:
             raise ServiceUnavailableError(f"model '{self._name}' is not loaded")
         assert self._model is not None  # noqa: S101 - guarded by ready
@@ -184,19 +192,12 @@ class LlamaCppEngine:
         max_tokens = completion_budget(
             len(prompt), params.max_tokens, self._ctx_per_slot, self._settings
         )
-        request = Request(
-            prompt, max_tokens, params, asyncio.get_running_loop(), request_id_var.get()
-        )
+        loop = asyncio.get_running_loop()
+        request = Request(prompt, max_tokens, params, loop, request_id_var.get(), sink=sink)
         if self._closed or self._failed:
             raise ServiceUnavailableError(f"model '{self._name}' is not available")
         self._inbox.put(request)
-        try:
-            while (item := await request.out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            request.cancelled = True  # stops the sequence at its next step if still running
+        return request
 
     def _tokenize_guarded(self, params: GenerationParams) -> list[int]:
         """Tokenise unless closing; ``_release`` waits for these before freeing the model."""
@@ -310,8 +311,7 @@ class LlamaCppEngine:
             self._model.close()
 
     def _fail_all(self, error: BastionError) -> None:
-        held, self._held, self._outbox = self._held, set(), []
-        deliver_all([(request, error) for request in held])
+        self._outbox.fail_held(error)
         self._fail_queued(error)
 
     def _loop(self) -> None:
@@ -339,23 +339,9 @@ class LlamaCppEngine:
             self._flush()
 
     def _flush(self) -> None:
-        """Hand the step's output to the event loop: one wake-up for every stream.
-
-        Mid-stream text may wait up to ``engine.stream_interval`` and then goes out merged;
-        first tokens, last chunks and errors go at once. Each wake-up of the event loop takes
-        a core from llama.cpp's threads for a moment, so fewer of them means faster decoding.
-        """
-        if not self._outbox:
-            return
-        now = time.monotonic()
-        if now - self._flushed_at < self._settings.stream_interval and not any(
-            is_urgent(request, item) for request, item in self._outbox
-        ):
-            return
-        self._flushed_at = now
-        items, self._outbox = coalesce(self._outbox), []
-        self._held.difference_update(request for request, item in items if is_final(item))
-        deliver_all(items)
+        """Hand the step's output over: one wake-up of the event loop for every stream (see
+        ``Outbox``)."""
+        self._outbox.flush()
 
     def _receive(self, queue_: collections.deque[Request | Sequence], *, block: bool) -> bool:
         """Move new requests from the inbox to the run queue; True when asked to stop."""
@@ -364,7 +350,7 @@ class LlamaCppEngine:
             while True:
                 if item is None:
                     return True
-                self._held.add(item)
+                self._outbox.held.add(item)
                 queue_.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
@@ -496,7 +482,7 @@ class LlamaCppEngine:
             budget -= len(take)
         status = self._decode(self._ctx, self._batch)
         if self._trace is not None:
-            self._trace.step(decoding, len(running), len(self._held))
+            self._trace.step(decoding, len(running), len(self._outbox.held))
         self._kv.decoded(status)
         if status != 0:
             log.error(
@@ -534,7 +520,7 @@ class LlamaCppEngine:
             return self._finish(seq, text + self._drain(seq), logprobs, "length")
         seq.next_token = token
         if text or logprobs:
-            self._outbox.append(
+            self._outbox.items.append(
                 (
                     request,
                     Chunk(
@@ -561,12 +547,12 @@ class LlamaCppEngine:
         last = Chunk(
             text, len(request.prompt), seq.generated, logprobs, reason, seq.reused, seq.queued
         )
-        self._outbox += ((request, last), (request, None))
+        self._outbox.items += ((request, last), (request, None))
         self._free(seq)
         return True
 
     def _finish_with_error(self, seq: Sequence, error: BaseException) -> None:
-        self._outbox.append((seq.request, error))
+        self._outbox.items.append((seq.request, error))
         self._free(seq)
 
     def _drop_if_cancelled(self, seq: Sequence) -> bool:

@@ -1,8 +1,10 @@
 """Requests inside the embedded engine and how their output reaches the event loop.
 
 A ``Request`` carries its own asyncio queue (chunks, then ``None``; an exception travels the same
-way). The owner thread collects a step's output and hands it over in one wake-up of each event
-loop (``deliver_all``), merging a stream's successive mid-stream chunks (``coalesce``).
+way), or a ``Sink`` that the owner thread calls itself (the engine process writes frames for
+the API process that way, without a task per request). The owner thread collects a step's
+output in an ``Outbox`` and hands it over in one wake-up of each event loop or one call of each
+sink (``deliver_all``), merging a stream's successive mid-stream chunks (``coalesce``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bastion.engine.base import Chunk, GenerationParams
 from bastion.engine.llamacpp.sampler import SamplerChain
@@ -20,6 +23,14 @@ from bastion.engine.llamacpp.scheduler import Slot
 from bastion.engine.stops import StopBuffer, Utf8Stream
 
 Item = Chunk | BaseException | None
+
+
+class Sink(Protocol):
+    """Takes requests' output on the engine's owner thread, a step's items in one call (in
+    order per request; ``None`` ends a request, an exception fails it). It must not block for
+    long: the next decode step waits for it."""
+
+    def deliver(self, items: list[tuple[Request, Item]]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -32,10 +43,12 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    sink: Sink | None = None
+    """Set: output goes to the sink instead of ``out``."""
 
     def send(self, item: Item) -> None:
         """Hand ``item`` over at once (outside the step loop, e.g. on shutdown)."""
-        deliver_soon(self.loop, [(self, item)])
+        deliver_all([(self, item)])
 
 
 @dataclass(eq=False)
@@ -83,12 +96,15 @@ def deliver(items: list[tuple[Request, Item]]) -> None:
 
 
 def deliver_all(items: list[tuple[Request, Item]]) -> None:
-    """One hand-off per event loop (tests may run several loops; the server has one)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Item]]] = {}
+    """One hand-off per event loop or sink (tests may run several loops; the server has one)."""
+    by_target: dict[asyncio.AbstractEventLoop | Sink, list[tuple[Request, Item]]] = {}
     for request, item in items:
-        by_loop.setdefault(request.loop, []).append((request, item))
-    for loop, batch in by_loop.items():
-        deliver_soon(loop, batch)
+        by_target.setdefault(request.sink or request.loop, []).append((request, item))
+    for target, batch in by_target.items():
+        if isinstance(target, asyncio.AbstractEventLoop):
+            deliver_soon(target, batch)
+        else:
+            target.deliver(batch)
 
 
 def deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[Request, Item]]) -> None:
@@ -122,3 +138,37 @@ def coalesce(items: list[tuple[Request, Item]]) -> list[tuple[Request, Item]]:
         last[id(request)] = len(out)
         out.append((request, item))
     return out
+
+
+class Outbox:
+    """Items produced during a step, handed over together after it (``flush``).
+
+    Mid-stream text may wait up to ``interval`` seconds and then goes out merged; first tokens,
+    last chunks and errors go at once. Each wake-up of an event loop takes a core from
+    llama.cpp's threads for a moment, so fewer of them means faster decoding.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.items: list[tuple[Request, Item]] = []
+        self.held: set[Request] = set()
+        """Requests the owner thread has taken from the inbox and not yet answered in full."""
+        self._interval = interval
+        self._flushed_at = 0.0
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        now = time.monotonic()
+        if now - self._flushed_at < self._interval and not any(
+            is_urgent(request, item) for request, item in self.items
+        ):
+            return
+        self._flushed_at = now
+        items, self.items = coalesce(self.items), []
+        self.held.difference_update(request for request, item in items if is_final(item))
+        deliver_all(items)
+
+    def fail_held(self, error: BaseException) -> None:
+        """Fail every request taken in and not answered in full; drop what waits to go out."""
+        held, self.held, self.items = self.held, set(), []
+        deliver_all([(request, error) for request in held])

@@ -1,4 +1,11 @@
-"""Per-sequence sampler chains built from ``SamplingParams`` (sampling runs in llama.cpp)."""
+"""Per-sequence sampler chains built from ``SamplingParams`` (sampling runs in llama.cpp).
+
+Plain greedy decoding (temperature 0, no logit bias, no penalties) skips the chain: llama.cpp's
+``llama_sampler_sample`` copies the whole vocabulary into a candidate array before its greedy
+stage looks at it (about 0.2 ms per token here, 1-2% of a 4-sequence step), where an argmax over
+the logits row picks the same token (the first of equal maxima, as llama.cpp's greedy does) in
+a tenth of that.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bastion.engine.base import SamplingParams, TokenLogprob, TopLogprob
+from bastion.engine.llamacpp.batch import logits_row
 
 PENALTY_WINDOW = 64
 """Tokens the repetition/frequency/presence penalties look back over (llama-server's default)."""
@@ -18,6 +26,7 @@ PENALTY_WINDOW = 64
 
 class SamplerChain:
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        self._n_vocab = n_vocab
         chain_params = ll.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._ptr = ll.llama_sampler_chain_init(chain_params)
@@ -48,7 +57,10 @@ class SamplerChain:
                     params.presence_penalty,
                 ),
             )
+        self.greedy = params.temperature <= 0.0 and not params.logit_bias
+        """Plain argmax: no stage before the greedy one that could change a logit."""
         if params.temperature <= 0.0:
+            self.greedy = self.greedy and not self.uses_penalties
             add(self._ptr, ll.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
@@ -69,6 +81,8 @@ class SamplerChain:
 
     def sample(self, ctx: ll.llama_context_p, index: int) -> int:
         """Sample from the logits at batch ``index`` and accept the token."""
+        if self.greedy:  # nothing to accept: the greedy stage keeps no state
+            return int(np.argmax(logits_row(ctx, index, self._n_vocab)))
         return int(ll.llama_sampler_sample(self._ptr, ctx, index))
 
     def close(self) -> None:
