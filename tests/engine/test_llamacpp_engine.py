@@ -10,6 +10,7 @@ import pytest
 
 from bastion.engine.base import ChatMessage, Chunk, GenerationParams, SamplingParams
 from bastion.engine.llamacpp import LlamaCppEngine
+from bastion.engine.llamacpp.sampler import SamplerChain
 from bastion.errors import ContextLengthExceededError, InvalidParameterError
 from bastion.settings import EngineSettings
 
@@ -135,6 +136,34 @@ def test_cancelled_stream_frees_its_slot_for_others(engine: LlamaCppEngine) -> N
     assert asyncio.run(scenario()) == "length"
 
 
+def test_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(engine: LlamaCppEngine) -> None:
+    """Plain greedy skips llama.cpp's sampler chain for an argmax over the logits row; a zero
+    logit bias changes no logit but sends the same request through the chain."""
+    through_chain = SamplingParams(temperature=0.0, logit_bias=((0, 0.0),))
+    for prompt in ("The sky is", "def fibonacci(n):", "Once upon a time, in a land"):
+        fast, _ = run(engine, prompt=prompt, sampling=GREEDY, max_tokens=40)
+        chain, _ = run(engine, prompt=prompt, sampling=through_chain, max_tokens=40)
+        assert fast == chain
+
+
+@pytest.mark.parametrize(
+    ("sampling", "argmax"),
+    [
+        (GREEDY, True),
+        (SamplingParams(temperature=0.0, logit_bias=((5, 1.0),)), False),
+        (SamplingParams(temperature=0.0, repetition_penalty=1.1), False),
+        (SamplingParams(temperature=0.0, presence_penalty=0.5), False),
+        (SamplingParams(temperature=0.7), False),
+    ],
+)
+def test_only_plain_greedy_skips_the_chain(sampling: SamplingParams, argmax: bool) -> None:
+    chain = SamplerChain(sampling, n_vocab=1000)
+    try:
+        assert chain.greedy is argmax
+    finally:
+        chain.close()
+
+
 def test_batched_greedy_equals_alone(engine: LlamaCppEngine) -> None:
     prompts = ["The sky is", "Python is a", "My favourite food is", "In 1969,"]
     alone = [run(engine, prompt=p, sampling=GREEDY, max_tokens=20)[0] for p in prompts]
@@ -256,6 +285,7 @@ def test_time_slicing_starts_waiting_requests_before_running_ones_end(
     count = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
     long_alone, _ = run(one_slot, prompt=count, sampling=GREEDY, max_tokens=200)
     events: list[str] = []
+    reused: dict[str, int] = {}
 
     async def stream(name: str, params: GenerationParams) -> str:
         text = []
@@ -263,6 +293,7 @@ def test_time_slicing_starts_waiting_requests_before_running_ones_end(
             if not text:
                 events.append(f"{name} first")
             text.append(chunk.text)
+            reused[name] = chunk.cached_tokens
         events.append(f"{name} done")
         return "".join(text)
 
@@ -272,13 +303,15 @@ def test_time_slicing_starts_waiting_requests_before_running_ones_end(
         )
         await asyncio.sleep(0.3)
         short = asyncio.create_task(
-            stream("short", GenerationParams(prompt="Hello", sampling=GREEDY, max_tokens=5))
+            stream("short", GenerationParams(prompt=f"{count} 11", sampling=GREEDY, max_tokens=5))
         )
         return list(await asyncio.gather(long, short))
 
     long_text, _ = asyncio.run(scenario())
     assert events.index("short first") < events.index("long done")
     assert long_text == long_alone  # paused and resumed bit for bit
+    # The paused stream's cells stayed in the slot: the newcomer reused the prompt they share.
+    assert reused["short"] > 0
 
 
 def test_weights_replaced_after_verification_are_refused(

@@ -54,15 +54,15 @@ class SlotStreams:
             self._copying.clear()
 
     def save(self, slot: Slot) -> Paused | None:
-        """Copy the slot's stream out to host memory and free the slot's cells; None when
-        llama.cpp could not copy it (the stream then stays where it is)."""
+        """Copy the slot's stream out to host memory; None when llama.cpp could not copy it.
+
+        The cells stay: the slot's next request reuses whatever prefix it shares with them
+        (a chat template's system text, a shared system prompt) instead of computing it."""
         size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
         state = (ctypes.c_uint8 * size)()
         if ll.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) != size:
             return None
-        paused = Paused(state, list(slot.cached))
-        self.drop(slot)
-        return paused
+        return Paused(state, list(slot.cached))
 
     def restore(self, paused: Paused, slot: Slot) -> bool:
         """Put a saved stream into ``slot``, bit for bit; False when llama.cpp refused it."""
