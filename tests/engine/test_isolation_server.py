@@ -28,7 +28,9 @@ async def exchange(engine: FakeEngine, *requests: list[Any]) -> tuple[int, list[
         answered.append(await asyncio.wait_for(wire.read_frame(parent_reader), 10))
     parent_writer.write(wire.frame(["q"]))
     status = await asyncio.wait_for(serving, 10)
-    parent_writer.close()
+    for end in (writer, parent_writer):
+        end.close()
+        await end.wait_closed()
     return status, answered
 
 
