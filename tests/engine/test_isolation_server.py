@@ -1,21 +1,53 @@
-"""The engine process's ``Server`` in this process, over a socket pair, with the stand-in
-engine: the path for engines without ``submit`` (a task per generation forwarding chunks).
-The embedded engine's own path (a step's frames written in one callback) runs in a real child
-in test_isolation.py and test_conformance.py."""
+"""The engine process's ``Server`` in this process, over a socket pair: with the stand-in
+engine (no ``submit``: a task per generation forwards its chunks) and with a scripted engine
+that has ``submit`` and hands output to the server's ``deliver`` from another thread, as the
+embedded engine's owner thread does (that engine itself runs in a real child in
+test_isolation.py and test_conformance.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from bastion.engine.base import GenerationParams, ModelSpec
+from bastion.engine.base import Chunk, Engine, GenerationParams, ModelSpec
 from bastion.engine.isolation import wire
 from bastion.engine.isolation.child import Server, Submits
+from bastion.engine.llamacpp.requests import Item, Request, Sink
+from bastion.errors import EngineError
 from tests.fakes import FakeBehaviour, FakeEngine
 
+Script = Callable[[list[Request]], list[tuple[Request, Item]]]
+"""What the scripted engine delivers once a request is queued, given every request so far."""
 
-async def exchange(engine: FakeEngine, *requests: list[Any]) -> tuple[int, list[list[Any]]]:
+
+class ScriptedSubmitter(FakeEngine):
+    """Queues nothing: each ``submit`` runs the next script on a thread, as an engine's
+    owner thread would hand a step's output to the sink."""
+
+    def __init__(self, *scripts: Script) -> None:
+        super().__init__(ModelSpec("scripted", "fake"))
+        self.scripts = list(scripts)
+        self.requests: list[Request] = []
+        self.submitted = asyncio.Event()
+
+    async def submit(self, params: GenerationParams, sink: Sink | None = None) -> Request:
+        assert sink is not None
+        request = Request([1, 2], 8, params, asyncio.get_running_loop(), sink=sink)
+        self.requests.append(request)
+        self.submitted.set()
+        items = self.scripts.pop(0)(self.requests)
+        threading.Timer(0.05, sink.deliver, (items,)).start()
+        return request
+
+
+def chunk(text: str, n: int, finish: str | None = None) -> Chunk:
+    return Chunk(text, 2, n, (), finish)  # type: ignore[arg-type]
+
+
+async def exchange(engine: Engine, *requests: list[Any]) -> tuple[int, list[list[Any]]]:
     """Send ``requests`` (and then close) to a ``Server`` of ``engine``; what came back."""
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=theirs)
@@ -58,3 +90,58 @@ def test_an_engine_without_submit_streams_through_a_task_per_generation() -> Non
     error = wire.decode_error(failed[2])
     assert error.status == 400
     assert error.param == "messages"
+
+
+def test_a_submitting_engine_streams_through_its_sink_in_order() -> None:
+    engine = ScriptedSubmitter(
+        lambda rs: [(rs[0], chunk("a", 1)), (rs[0], chunk("b", 2)), (rs[0], EngineError("boom"))],
+        lambda rs: [(rs[1], chunk("c", 1)), (rs[1], chunk("", 2, "length")), (rs[1], None)],
+    )
+    assert isinstance(engine, Submits)
+
+    async def scenario() -> tuple[int, list[list[Any]]]:
+        await engine.start()
+        return await exchange(engine, generate(1, prompt="hi"), generate(2, prompt="hi"))
+
+    status, frames = asyncio.run(scenario())
+    assert status == 0
+    first = [m[0] for m in frames if m[1] == 1]
+    assert first == ["c", "c", "x"]  # the chunks before the error that ended the stream
+    assert wire.decode_error(frames[[m[1] for m in frames].index(1) + 2][2]).message == "boom"
+    assert [m[0] for m in frames if m[1] == 2] == ["c", "c", "e"]
+
+
+def test_a_cancelled_generation_gets_no_more_frames() -> None:
+    engine = ScriptedSubmitter(
+        lambda rs: [],  # runs until cancelled
+        # A step already under way when the cancel arrived still carries the first one.
+        lambda rs: [(rs[0], chunk("late", 1)), (rs[1], chunk("x", 1, "stop")), (rs[1], None)],
+    )
+
+    async def scenario() -> tuple[int, list[list[Any]]]:
+        await engine.start()
+        return await exchange_after_cancel(engine)
+
+    async def exchange_after_cancel(engine: ScriptedSubmitter) -> tuple[int, list[list[Any]]]:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=theirs)
+        serving = asyncio.create_task(Server(engine, reader, writer).serve())
+        parent_reader, parent_writer = await asyncio.open_unix_connection(sock=ours)
+        parent_writer.write(wire.frame(generate(1, prompt="long")))
+        await asyncio.wait_for(engine.submitted.wait(), 10)
+        await asyncio.sleep(0.1)  # queued in the engine, known to the server
+        parent_writer.write(wire.frame(["k", 1]) + wire.frame(generate(2, prompt="next")))
+        answered: list[list[Any]] = []
+        while not answered or answered[-1][0] != "e":
+            answered.append(await asyncio.wait_for(wire.read_frame(parent_reader), 10))
+        parent_writer.write(wire.frame(["q"]))
+        status = await asyncio.wait_for(serving, 10)
+        for end in (writer, parent_writer):
+            end.close()
+            await end.wait_closed()
+        return status, answered
+
+    status, frames = asyncio.run(scenario())
+    assert status == 0
+    assert engine.requests[0].cancelled  # the engine frees its slot at the next step
+    assert [m[1] for m in frames if m[0] in ("c", "e")] == [2, 2]

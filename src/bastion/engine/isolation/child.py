@@ -74,7 +74,9 @@ class Server:
         self._writer = writer
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._direct: dict[Request, int] = {}
-        """Generations queued in a ``Submits`` engine, by the parent's id for them."""
+        """Generations queued in a ``Submits`` engine -> the parent's id for them."""
+        self._queued: dict[int, Request] = {}
+        """The same, the other way round."""
         self._answered = asyncio.Event()
         """Set while ``_direct`` is empty."""
         self._answered.set()
@@ -143,13 +145,14 @@ class Server:
                 self._tasks[request] = task
                 self._active.set()
             elif kind == "k":
-                cancelled = self._tasks.get(int(message[1]))
+                # A task cancelled before it ever ran skips its own cleanup: forget it here.
+                cancelled = self._tasks.pop(int(message[1]), None)
                 if cancelled is not None:
                     cancelled.cancel()
-                for queued, key in list(self._direct.items()):
-                    if key == int(message[1]):
-                        queued.cancelled = True  # leaves its slot at the next step, silently
-                        self._forget(queued)
+                queued = self._queued.get(int(message[1]))
+                if queued is not None:
+                    queued.cancelled = True  # leaves its slot at the next step, silently
+                    self._forget(queued)
             elif kind == "q":
                 return True
 
@@ -161,9 +164,10 @@ class Server:
             except asyncio.CancelledError:
                 pass  # the parent forgot this request already
             except Exception as exc:  # noqa: BLE001 - goes to the parent (logged there)
-                self._send_error(request, exc)
+                self.send(_error_frame(request, exc))
             else:  # before any output: deliver's callbacks run on this loop, after this
                 self._direct[queued] = request
+                self._queued[request] = queued
                 self._answered.clear()
             finally:
                 self._tasks.pop(request, None)
@@ -178,23 +182,20 @@ class Server:
         except asyncio.CancelledError:
             pass  # the parent forgot this request already
         except Exception as exc:  # noqa: BLE001 - goes to the parent (logged there)
-            self._send_error(request, exc)
+            self.send(_error_frame(request, exc))
         finally:
             await chunks.aclose()  # marks the sequence cancelled if it still runs
             self._tasks.pop(request, None)
         await self._drain_if_full()
 
-    def _send_error(self, request: int, exc: BaseException) -> None:
-        if not isinstance(exc, BastionError):
-            log.error("a generation failed in the engine process", exc_info=exc)
-        self.send(wire.frame(["x", request, wire.encode_error(exc)]))
-
     def deliver(self, items: list[tuple[Request, Item]]) -> None:
         """``Sink`` for a ``Submits`` engine: called on its owner thread with a step's output."""
-        self._loop.call_soon_threadsafe(self._write, items)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(self._write, items)
 
     def _write(self, items: list[tuple[Request, Item]]) -> None:
-        self._running = running = self._engine.running
+        """A step's output as frames, in order, in one write."""
+        running = self._engine.running
         frames = []
         for queued, item in items:
             request = self._direct.get(queued)
@@ -207,12 +208,13 @@ class Server:
             if item is None:
                 frames.append(wire.frame(["e", request, running]))
             else:
-                self._send_error(request, item)
+                frames.append(_error_frame(request, item))
         if frames:
+            self._running = running
             self.send(b"".join(frames))
 
     def _forget(self, queued: Request) -> None:
-        del self._direct[queued]
+        del self._queued[self._direct.pop(queued)]
         if not self._direct:
             self._answered.set()
 
@@ -242,6 +244,12 @@ class Server:
     async def _flush(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
+
+
+def _error_frame(request: int, exc: BaseException) -> bytes:
+    if not isinstance(exc, BastionError):
+        log.error("a generation failed in the engine process", exc_info=exc)
+    return wire.frame(["x", request, wire.encode_error(exc)])
 
 
 async def _main(channel: socket.socket) -> int:

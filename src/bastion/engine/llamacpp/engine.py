@@ -366,6 +366,7 @@ class LlamaCppEngine:
                 queue_.popleft()
                 if isinstance(item, Sequence):
                     self._drop_if_cancelled(item)
+                self._outbox.held.discard(request_of(item))
                 continue
             if isinstance(item, Sequence):
                 assert item.paused is not None  # noqa: S101 - only paused sequences queue
@@ -566,6 +567,7 @@ class LlamaCppEngine:
             extra={"request_id": request.request_id},
         )
         self._free(seq)
+        self._outbox.held.discard(request)  # nothing more goes to it
         return True
 
     def _free(self, seq: Sequence) -> None:

@@ -99,7 +99,8 @@ def deliver_all(items: list[tuple[Request, Item]]) -> None:
     """One hand-off per event loop or sink (tests may run several loops; the server has one)."""
     by_target: dict[asyncio.AbstractEventLoop | Sink, list[tuple[Request, Item]]] = {}
     for request, item in items:
-        by_target.setdefault(request.sink or request.loop, []).append((request, item))
+        target = request.loop if request.sink is None else request.sink
+        by_target.setdefault(target, []).append((request, item))
     for target, batch in by_target.items():
         if isinstance(target, asyncio.AbstractEventLoop):
             deliver_soon(target, batch)

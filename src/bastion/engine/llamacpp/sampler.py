@@ -57,10 +57,11 @@ class SamplerChain:
                     params.presence_penalty,
                 ),
             )
-        self.greedy = params.temperature <= 0.0 and not params.logit_bias
+        self.greedy = (
+            params.temperature <= 0.0 and not params.logit_bias and not self.uses_penalties
+        )
         """Plain argmax: no stage before the greedy one that could change a logit."""
         if params.temperature <= 0.0:
-            self.greedy = self.greedy and not self.uses_penalties
             add(self._ptr, ll.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
