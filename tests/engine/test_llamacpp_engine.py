@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,6 +164,43 @@ def test_only_plain_greedy_skips_the_chain(sampling: SamplingParams, argmax: boo
         assert chain.greedy is argmax
     finally:
         chain.close()
+
+
+def test_a_step_lists_its_sequences_in_id_order(smollm2_file: Path) -> None:
+    """llama.cpp decodes sequences in one pass only when their ids follow each other in the
+    batch; streams admitted in another order than their slots' ids must still be listed so."""
+    eng = LlamaCppEngine(
+        "smollm2", smollm2_file, "0" * 64, EngineSettings(threads=2, slots=3, ctx_per_slot=CTX)
+    )
+    prompts = ["The sky over the sea is", "Python is a language that", "My favourite food is"]
+    orders: list[list[int]] = []
+
+    async def together(order: list[str], max_tokens: int) -> None:
+        """Streams admitted in ``order`` (one after another), running side by side."""
+        streams = []
+        for prompt in order:
+            params = GenerationParams(prompt=prompt, sampling=GREEDY, max_tokens=max_tokens)
+            streams.append(asyncio.create_task(collect(eng, params)))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*streams)
+
+    async def scenario() -> None:
+        await eng.start()
+        await together(prompts, 4)  # slots 0, 1 and 2 now cache one prompt each
+        decode = eng._decode  # observe the batches the owner thread decodes
+
+        def recording(ctx: object, batch: Any) -> int:
+            orders.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+            return decode(ctx, batch)
+
+        eng._decode = recording
+        await together(prompts[::-1], 40)  # admitted 2, 1, 0: each to the slot with its prefix
+        await eng.close()
+
+    asyncio.run(scenario())
+    steps = [order for order in orders if len(order) == 3 and len(set(order)) == 3]
+    assert steps, orders
+    assert all(order == [0, 1, 2] for order in steps), steps
 
 
 def test_batched_greedy_equals_alone(engine: LlamaCppEngine) -> None:

@@ -1,4 +1,5 @@
-"""Slot choice: the longest cached prefix wins, ties go to the least recently used slot."""
+"""Slot choice: the longest cached prefix wins; ties go to the slot that keeps the busy slots'
+sequence ids consecutive (one llama.cpp pass per step), then to the least recently used."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from bastion.engine.llamacpp.scheduler import (
     choose_slot,
     common_prefix,
     prefix_donor,
+    runs,
 )
 
 
@@ -30,9 +32,32 @@ def test_the_last_prompt_token_is_always_recomputed() -> None:
 
 
 def test_busy_slots_are_never_chosen_and_ties_go_to_the_least_recently_used() -> None:
-    slots = [Slot(0, [1, 2, 3], busy=True), Slot(1, [5], last_used=9), Slot(2, [6], last_used=3)]
+    slots = [Slot(0, [5], last_used=9), Slot(1, [1, 2, 3], busy=True), Slot(2, [6], last_used=3)]
     slot, keep = choose_slot(slots, [1, 2, 3, 4])  # type: ignore[misc]
     assert (slot.seq_id, keep) == (2, 0)
+
+
+def test_runs_counts_the_passes_of_a_step() -> None:
+    assert runs(set()) == 0
+    assert runs({0, 1, 2, 3}) == 1
+    assert runs({0, 2, 3}) == 2
+    assert runs({3, 1}) == 2
+
+
+def test_ties_fill_the_gap_between_busy_slots_before_the_least_recently_used() -> None:
+    slots = [
+        Slot(0, busy=True),
+        Slot(1, [7], last_used=9),
+        Slot(2, busy=True),
+        Slot(3, [8], last_used=1),
+    ]
+    assert choose_slot(slots, [1, 2, 3]) == (slots[1], 0)
+    assert choose_slot(slots, [1, 2, 3], reuse=False) == (slots[1], 0)
+
+
+def test_a_longer_prefix_still_beats_keeping_the_busy_slots_together() -> None:
+    slots = [Slot(0, busy=True), Slot(1, [9], last_used=9), Slot(2, [1, 2, 3], last_used=1)]
+    assert choose_slot(slots, [1, 2, 3, 4]) == (slots[2], 3)
 
 
 def test_none_when_every_slot_is_busy() -> None:

@@ -453,16 +453,15 @@ class LlamaCppEngine:
         return add_token(self._batch, token, pos, seq_id, logits=logits)
 
     def _step(self, running: list[Sequence]) -> None:
-        self._batch.n_tokens = 0
+        # (sequence, token, position, logits?): the streams' next tokens, then prompt tokens.
+        planned: list[tuple[Sequence, int, int, bool]] = []
         for seq in running:
             seq.batch_index = -1
             if not seq.prefilling:
                 cached = seq.slot.cached
-                seq.batch_index = self._add(
-                    seq.next_token, len(cached), seq.slot.seq_id, logits=True
-                )
+                planned.append((seq, seq.next_token, len(cached), True))
                 cached.append(seq.next_token)
-        decoding = int(self._batch.n_tokens)
+        decoding = len(planned)
         # While others stream, a long prompt advances in small chunks so their next token
         # comes soon; alone, it prefills at full batch size.
         prefill = self._settings.prefill_chunk if decoding else self._n_batch
@@ -475,12 +474,16 @@ class LlamaCppEngine:
             cached, prompt = seq.slot.cached, seq.request.prompt
             take = prompt[len(cached) : len(cached) + budget]
             for token in take:
-                last = len(cached) == len(prompt) - 1
-                index = self._add(token, len(cached), seq.slot.seq_id, logits=last)
+                planned.append((seq, token, len(cached), len(cached) == len(prompt) - 1))
                 cached.append(token)
-                if last:
-                    seq.batch_index = index
             budget -= len(take)
+        # In sequence-id order (each sequence's own tokens keep theirs): llama.cpp decodes
+        # sequences in one pass only when their ids follow each other (see scheduler).
+        self._batch.n_tokens = 0
+        for seq, token, pos, logits in sorted(planned, key=lambda p: p[0].slot.seq_id):
+            index = self._add(token, pos, seq.slot.seq_id, logits=logits)
+            if logits:
+                seq.batch_index = index
         status = self._decode(self._ctx, self._batch)
         if self._trace is not None:
             self._trace.step(decoding, len(running), len(self._outbox.held))

@@ -4,10 +4,16 @@ Each slot is one llama.cpp sequence id with its own ``ctx_per_slot`` cells (a se
 stream, so a sequence's numbers never depend on what else is in the batch). A slot whose
 request finished keeps its tokens' keys and values as a prefix cache: a newcomer takes the idle
 slot that already holds the longest prefix of its prompt and computes only the rest (a growing
-multi-turn chat, a shared system prompt). Ties go to the least recently used slot, so the
-freshest caches survive longest. When another slot, busy or not, holds a clearly longer prefix
-(users arriving together with the same system prompt), its KV is copied into the chosen slot
-instead of being computed again.
+multi-turn chat, a shared system prompt). Ties go first to the slot that keeps the busy slots'
+sequence ids consecutive, then to the least recently used one, so the freshest caches survive
+longest. When another slot, busy or not, holds a clearly longer prefix (users arriving together
+with the same system prompt), its KV is copied into the chosen slot instead of being computed
+again.
+
+Why consecutive: with one KV stream per sequence, llama.cpp decodes sequences together in one
+pass (one "ubatch") only when their ids follow each other in the batch (a pass works on one
+contiguous range of streams). Running sequences 0, 2 and 3 cost two passes per step, {0} and
+{2, 3}, where 0, 1 and 2 cost one; a pass costs nearly as much as a whole step on a CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def runs(seq_ids: set[int]) -> int:
+    """How many llama.cpp passes a step over these sequences takes: runs of consecutive ids."""
+    return sum(1 for i in seq_ids if i - 1 not in seq_ids)
+
+
 def choose_slot(
     slots: Sequence[Slot], prompt: Sequence[int], *, reuse: bool = True
 ) -> tuple[Slot, int] | None:
@@ -45,9 +56,14 @@ def choose_slot(
     idle = [s for s in slots if not s.busy]
     if not idle:
         return None
+    busy = {s.seq_id for s in slots if s.busy}
+
+    def passes(slot: Slot) -> int:
+        return runs(busy | {slot.seq_id})
+
     if not reuse:
-        return min(idle, key=lambda s: s.last_used), 0
-    best = max(idle, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+        return min(idle, key=lambda s: (passes(s), s.last_used)), 0
+    best = max(idle, key=lambda s: (common_prefix(s.cached, prompt), -passes(s), -s.last_used))
     return best, min(common_prefix(best.cached, prompt), len(prompt) - 1)
 
 
