@@ -31,13 +31,11 @@ class ScriptedSubmitter(FakeEngine):
         super().__init__(ModelSpec("scripted", "fake"))
         self.scripts = list(scripts)
         self.requests: list[Request] = []
-        self.submitted = asyncio.Event()
 
     async def submit(self, params: GenerationParams, sink: Sink | None = None) -> Request:
         assert sink is not None
         request = Request([1, 2], 8, params, asyncio.get_running_loop(), sink=sink)
         self.requests.append(request)
-        self.submitted.set()
         items = self.scripts.pop(0)(self.requests)
         threading.Timer(0.05, sink.deliver, (items,)).start()
         return request
@@ -47,16 +45,21 @@ def chunk(text: str, n: int, finish: str | None = None) -> Chunk:
     return Chunk(text, 2, n, (), finish)  # type: ignore[arg-type]
 
 
-async def exchange(engine: Engine, *requests: list[Any]) -> tuple[int, list[list[Any]]]:
-    """Send ``requests`` (and then close) to a ``Server`` of ``engine``; what came back."""
+async def exchange(
+    engine: Engine, *batches: list[list[Any]], answers: int
+) -> tuple[int, list[list[Any]]]:
+    """Send each batch of frames (0.2 s apart) to a ``Server`` of ``engine``, read until
+    ``answers`` generations have ended, then close; the exit status and what came back."""
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=theirs)
     serving = asyncio.create_task(Server(engine, reader, writer).serve())
     parent_reader, parent_writer = await asyncio.open_unix_connection(sock=ours)
-    for request in requests:
-        parent_writer.write(wire.frame(request))
+    for i, batch in enumerate(batches):
+        if i:
+            await asyncio.sleep(0.2)  # the earlier ones are queued in the engine by now
+        parent_writer.write(b"".join(wire.frame(message) for message in batch))
     answered: list[list[Any]] = []
-    while sum(1 for m in answered if m[0] in ("e", "x")) < len(requests):
+    while sum(1 for m in answered if m[0] in ("e", "x")) < answers:
         answered.append(await asyncio.wait_for(wire.read_frame(parent_reader), 10))
     parent_writer.write(wire.frame(["q"]))
     status = await asyncio.wait_for(serving, 10)
@@ -76,7 +79,9 @@ def test_an_engine_without_submit_streams_through_a_task_per_generation() -> Non
         assert not isinstance(engine, Submits)
         await engine.start()
         return await exchange(
-            engine, generate(1, prompt="hi", max_tokens=3), generate(2, prompt="x " * 5000)
+            engine,
+            [generate(1, prompt="hi", max_tokens=3), generate(2, prompt="x " * 5000)],
+            answers=2,
         )
 
     status, frames = asyncio.run(scenario())
@@ -101,7 +106,9 @@ def test_a_submitting_engine_streams_through_its_sink_in_order() -> None:
 
     async def scenario() -> tuple[int, list[list[Any]]]:
         await engine.start()
-        return await exchange(engine, generate(1, prompt="hi"), generate(2, prompt="hi"))
+        return await exchange(
+            engine, [generate(1, prompt="hi"), generate(2, prompt="hi")], answers=2
+        )
 
     status, frames = asyncio.run(scenario())
     assert status == 0
@@ -120,26 +127,8 @@ def test_a_cancelled_generation_gets_no_more_frames() -> None:
 
     async def scenario() -> tuple[int, list[list[Any]]]:
         await engine.start()
-        return await exchange_after_cancel(engine)
-
-    async def exchange_after_cancel(engine: ScriptedSubmitter) -> tuple[int, list[list[Any]]]:
-        ours, theirs = socket.socketpair()
-        reader, writer = await asyncio.open_unix_connection(sock=theirs)
-        serving = asyncio.create_task(Server(engine, reader, writer).serve())
-        parent_reader, parent_writer = await asyncio.open_unix_connection(sock=ours)
-        parent_writer.write(wire.frame(generate(1, prompt="long")))
-        await asyncio.wait_for(engine.submitted.wait(), 10)
-        await asyncio.sleep(0.1)  # queued in the engine, known to the server
-        parent_writer.write(wire.frame(["k", 1]) + wire.frame(generate(2, prompt="next")))
-        answered: list[list[Any]] = []
-        while not answered or answered[-1][0] != "e":
-            answered.append(await asyncio.wait_for(wire.read_frame(parent_reader), 10))
-        parent_writer.write(wire.frame(["q"]))
-        status = await asyncio.wait_for(serving, 10)
-        for end in (writer, parent_writer):
-            end.close()
-            await end.wait_closed()
-        return status, answered
+        first, then = [generate(1, prompt="long")], [["k", 1], generate(2, prompt="next")]
+        return await exchange(engine, first, then, answers=1)
 
     status, frames = asyncio.run(scenario())
     assert status == 0
