@@ -327,7 +327,7 @@ class LlamaCppEngine:
                     request_of(item).send(error)
                 self._fail_queued(error)
                 self._running = 0
-                self._flush()
+                self._outbox.flush()
                 return
             running[:] = [s for s in running if not self._drop_if_cancelled(s)]
             self._admit(queue_, running)
@@ -336,12 +336,7 @@ class LlamaCppEngine:
             if running:
                 self._step(running)
                 self._running = len(running)
-            self._flush()
-
-    def _flush(self) -> None:
-        """Hand the step's output over: one wake-up of the event loop for every stream (see
-        ``Outbox``)."""
-        self._outbox.flush()
+            self._outbox.flush()  # one hand-off per step for every stream
 
     def _receive(self, queue_: collections.deque[Request | Sequence], *, block: bool) -> bool:
         """Move new requests from the inbox to the run queue; True when asked to stop."""

@@ -27,14 +27,21 @@ PENALTY_WINDOW = 64
 class SamplerChain:
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
         self._n_vocab = n_vocab
-        chain_params = ll.llama_sampler_chain_default_params()
-        chain_params.no_perf = True
-        self._ptr = ll.llama_sampler_chain_init(chain_params)
         self.uses_penalties = (
             params.repetition_penalty != 1.0
             or params.frequency_penalty != 0.0
             or params.presence_penalty != 0.0
         )
+        self.greedy = (
+            params.temperature <= 0.0 and not params.logit_bias and not self.uses_penalties
+        )
+        """Plain argmax: no stage before the greedy one that could change a logit (no chain)."""
+        if self.greedy:
+            self._ptr = None
+            return
+        chain_params = ll.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._ptr = ll.llama_sampler_chain_init(chain_params)
         add = ll.llama_sampler_chain_add
         if params.logit_bias:
             # First in the chain, as in llama-server: the bias shapes what every later stage
@@ -57,10 +64,6 @@ class SamplerChain:
                     params.presence_penalty,
                 ),
             )
-        self.greedy = (
-            params.temperature <= 0.0 and not params.logit_bias and not self.uses_penalties
-        )
-        """Plain argmax: no stage before the greedy one that could change a logit."""
         if params.temperature <= 0.0:
             add(self._ptr, ll.llama_sampler_init_greedy())
             return
@@ -82,7 +85,7 @@ class SamplerChain:
 
     def sample(self, ctx: ll.llama_context_p, index: int) -> int:
         """Sample from the logits at batch ``index`` and accept the token."""
-        if self.greedy:  # nothing to accept: the greedy stage keeps no state
+        if self.greedy:  # nothing to accept: greedy keeps no state
             return int(np.argmax(logits_row(ctx, index, self._n_vocab)))
         return int(ll.llama_sampler_sample(self._ptr, ctx, index))
 
